@@ -1,0 +1,1 @@
+//! Deterministic explanation templates for every failure type.

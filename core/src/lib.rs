@@ -1,0 +1,12 @@
+//! dunetrace-core: everything dunetrace decides, with no Postgres in sight.
+//!
+//! The pgrx shell (crate `dunetrace`) loads rows, calls into this crate and writes rows.
+//! Nothing here performs I/O, so every rule is unit-tested with plain `cargo test`.
+
+pub mod baseline;
+pub mod detect;
+pub mod event;
+pub mod explain;
+pub mod pyround;
+pub mod run;
+pub mod validate;

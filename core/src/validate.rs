@@ -1,0 +1,1 @@
+//! The privacy rules: what an event may contain.
