@@ -1,4 +1,37 @@
 //! dunetrace: the pgrx shell around `dunetrace-core`.
+//!
+//! Only code that touches Postgres lives here: SQL entry points, SPI, settings and (later) the
+//! background worker. What a signal *is* is decided in the core crate.
+
 use pgrx::prelude::*;
 
+mod errors;
+mod ingest;
+mod keys;
+mod settings;
+
 pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    mod ingest_tests;
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

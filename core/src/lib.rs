@@ -4,9 +4,11 @@
 //! Nothing here performs I/O, so every rule is unit-tested with plain `cargo test`.
 
 pub mod baseline;
+pub mod batch;
 pub mod detect;
 pub mod event;
 pub mod explain;
+pub mod ids;
 pub mod pyround;
 pub mod run;
 pub mod validate;

@@ -1,1 +1,620 @@
-//! The privacy rules: what an event may contain.
+//! The privacy rules: what an event may contain (contract §3.1).
+//!
+//! Ingest accepts structure only: SHA-256 digests, counts, timings and short names. Every
+//! payload key must be known for its event type, every hashed field must be `""` or lowercase
+//! hex, and names are short identifiers without whitespace, so a prompt or a completion cannot
+//! be smuggled in. One bad event rejects the whole batch; the error names the event's index and
+//! field but never echoes the offending value (it may be the very content we refuse to store).
+
+use crate::event::{Event, EventType};
+use serde_json::{Map, Value};
+
+/// Most events one `ingest()` call accepts.
+pub const MAX_BATCH: usize = 1000;
+/// Longest identifier (run_id, agent_id, agent_version, parent_run_id) or name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Most entries in `run.started.payload.tools`.
+pub const MAX_TOOLS: usize = 256;
+/// Most keys in `external.signal.payload.meta`.
+pub const MAX_META_KEYS: usize = 32;
+/// Most labels in `injection_signal.matched_patterns`.
+pub const MAX_PATTERNS: usize = 32;
+
+/// What kind of mistake the input made; the shell maps it to an SQLSTATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A value of the wrong JSON type, or input that is not JSON (22P02).
+    InvalidType,
+    /// A value of the right type that breaks a rule (22023).
+    InvalidValue,
+}
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub kind: ErrorKind,
+    /// Index of the offending event in the batch, when the error concerns one event.
+    pub index: Option<usize>,
+    /// Dotted path of the offending field, e.g. `payload.output_hash`.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.index, self.field.is_empty()) {
+            (Some(i), false) => write!(f, "event {i}: {}: {}", self.field, self.message),
+            (Some(i), true) => write!(f, "event {i}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.field, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+type Res<T> = Result<T, ValidationError>;
+
+fn err<T>(kind: ErrorKind, field: &str, message: impl Into<String>) -> Res<T> {
+    Err(ValidationError {
+        kind,
+        index: None,
+        field: field.to_string(),
+        message: message.into(),
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type<T>(field: &str, expected: &str, got: &Value) -> Res<T> {
+    err(
+        ErrorKind::InvalidType,
+        field,
+        format!("must be {expected}, got {}", type_name(got)),
+    )
+}
+
+/// True for characters allowed in identifiers and names: ASCII letters and digits and
+/// `_ - . : / @ + = # ~`. No whitespace, so free text cannot pass as a name.
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-.:/@+=#~".contains(c)
+}
+
+fn check_name(field: &str, v: &Value, allow_empty: bool) -> Res<String> {
+    let s = match v.as_str() {
+        Some(s) => s,
+        None => return wrong_type(field, "a string", v),
+    };
+    if s.is_empty() {
+        if allow_empty {
+            return Ok(String::new());
+        }
+        return err(ErrorKind::InvalidValue, field, "must not be empty");
+    }
+    let n = s.chars().count();
+    if n > MAX_NAME_LEN {
+        return err(
+            ErrorKind::InvalidValue,
+            field,
+            format!("must be at most {MAX_NAME_LEN} characters, got {n}"),
+        );
+    }
+    if !s.chars().all(name_char) {
+        return err(
+            ErrorKind::InvalidValue,
+            field,
+            "must be a short identifier (letters, digits and _-.:/@+=#~, no spaces); \
+             free text is not accepted",
+        );
+    }
+    Ok(s.to_string())
+}
+
+/// `""` or 16–64 lowercase hex characters.
+pub fn is_digest(s: &str) -> bool {
+    s.is_empty()
+        || ((16..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+fn check_digest(field: &str, v: &Value) -> Res<()> {
+    match v.as_str() {
+        Some(s) if is_digest(s) => Ok(()),
+        Some(s) => err(
+            ErrorKind::InvalidValue,
+            field,
+            format!(
+                "must be \"\" or 16-64 lowercase hex characters (a SHA-256 digest computed by \
+                 the client), got a {}-character value that is not; raw content is never \
+                 accepted",
+                s.chars().count()
+            ),
+        ),
+        None => wrong_type(field, "a hex digest string", v),
+    }
+}
+
+fn check_count(field: &str, v: &Value) -> Res<()> {
+    if v.as_u64().is_some() && v.as_i64().is_some() {
+        return Ok(());
+    }
+    match v {
+        Value::Number(n) if n.as_i64().is_some_and(|x| x < 0) => {
+            err(ErrorKind::InvalidValue, field, "must not be negative")
+        }
+        Value::Number(_) => err(
+            ErrorKind::InvalidValue,
+            field,
+            "must be a non-negative integer",
+        ),
+        _ => wrong_type(field, "a non-negative integer", v),
+    }
+}
+
+fn check_float(field: &str, v: &Value) -> Res<()> {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => Ok(()),
+        Some(_) => err(ErrorKind::InvalidValue, field, "must be finite"),
+        None => wrong_type(field, "a number", v),
+    }
+}
+
+fn check_bool(field: &str, v: &Value) -> Res<()> {
+    if v.is_boolean() {
+        Ok(())
+    } else {
+        wrong_type(field, "a boolean", v)
+    }
+}
+
+/// A scalar that carries no content: null, bool, number, or a short name.
+fn check_scalar(field: &str, v: &Value) -> Res<()> {
+    match v {
+        Value::Null | Value::Bool(_) => Ok(()),
+        Value::Number(_) => check_float(field, v),
+        Value::String(_) => check_name(field, v, true).map(|_| ()),
+        _ => wrong_type(field, "a number, boolean, null or short name", v),
+    }
+}
+
+fn check_names_list(field: &str, v: &Value, max: usize) -> Res<()> {
+    let items = match v.as_array() {
+        Some(a) => a,
+        None => return wrong_type(field, "an array of names", v),
+    };
+    if items.len() > max {
+        return err(
+            ErrorKind::InvalidValue,
+            field,
+            format!("must have at most {max} entries, got {}", items.len()),
+        );
+    }
+    for (i, item) in items.iter().enumerate() {
+        check_name(&format!("{field}[{i}]"), item, false)?;
+    }
+    Ok(())
+}
+
+fn check_meta(field: &str, v: &Value) -> Res<()> {
+    let obj = match v.as_object() {
+        Some(o) => o,
+        None => return wrong_type(field, "an object", v),
+    };
+    if obj.len() > MAX_META_KEYS {
+        return err(
+            ErrorKind::InvalidValue,
+            field,
+            format!("must have at most {MAX_META_KEYS} keys, got {}", obj.len()),
+        );
+    }
+    for (k, val) in obj {
+        check_name(&format!("{field} key"), &Value::String(k.clone()), false)?;
+        check_scalar(&format!("{field}.{k}"), val)?;
+    }
+    Ok(())
+}
+
+fn check_injection(field: &str, v: &Value) -> Res<()> {
+    let obj = match v {
+        Value::Object(o) => o,
+        _ => return wrong_type(field, "an object", v),
+    };
+    for (k, val) in obj {
+        let f = format!("{field}.{k}");
+        match k.as_str() {
+            "matched_pattern_count" | "input_length" => check_count(&f, val)?,
+            "matched_patterns" => check_names_list(&f, val, MAX_PATTERNS)?,
+            _ => return unknown_key(field, k, "matched_pattern_count, matched_patterns, input_length"),
+        }
+    }
+    Ok(())
+}
+
+fn unknown_key<T>(field: &str, key: &str, accepted: &str) -> Res<T> {
+    let path = if field.is_empty() {
+        key.to_string()
+    } else {
+        format!("{field}.{key}")
+    };
+    err(
+        ErrorKind::InvalidValue,
+        &path,
+        format!("unknown key; accepted keys here: {accepted}"),
+    )
+}
+
+/// How one payload field is checked.
+#[derive(Clone, Copy)]
+enum Field {
+    Digest,
+    Name,
+    Count,
+    Float,
+    Bool,
+    Names,
+    Meta,
+    Injection,
+    Scalar,
+}
+
+/// The payload keys each event type may carry (V4 SDK and its integrations).
+fn schema(t: EventType) -> &'static [(&'static str, Field)] {
+    use Field::*;
+    match t {
+        EventType::RunStarted => &[
+            ("input_hash", Digest),
+            ("model", Name),
+            ("tools", Names),
+            ("injection_signal", Injection),
+        ],
+        EventType::LlmCalled => &[("model", Name), ("prompt_tokens", Count)],
+        EventType::LlmResponded => &[
+            ("completion_tokens", Count),
+            ("latency_ms", Count),
+            ("finish_reason", Name),
+            ("output_hash", Digest),
+            ("output_length", Count),
+            ("prompt_tokens", Count),
+            ("reasoning_tokens", Count),
+            ("model", Name),
+        ],
+        EventType::ToolCalled => &[("tool_name", Name), ("args_hash", Digest)],
+        EventType::ToolResponded => &[
+            ("tool_name", Name),
+            ("success", Bool),
+            ("output_length", Count),
+            ("latency_ms", Count),
+            ("error_hash", Digest),
+        ],
+        EventType::RetrievalCalled => &[("index_name", Name), ("query_hash", Digest)],
+        EventType::RetrievalResponded => &[
+            ("index_name", Name),
+            ("result_count", Count),
+            ("top_score", Float),
+            ("latency_ms", Count),
+        ],
+        EventType::ExternalSignal => &[("signal_name", Name), ("source", Name), ("meta", Meta)],
+        EventType::RunCompleted => &[
+            ("total_steps", Count),
+            ("exit_reason", Name),
+            ("tool_call_count", Count),
+        ],
+        EventType::RunErrored => &[
+            ("error_type", Name),
+            ("error_hash", Digest),
+            ("step_index", Count),
+        ],
+        EventType::PolicyTriggered => &[
+            ("policy_name", Name),
+            ("action_type", Name),
+            ("trigger", Name),
+            ("value", Scalar),
+        ],
+    }
+}
+
+/// The payload keys accepted for `t`, for documentation and error messages.
+pub fn payload_keys(t: EventType) -> Vec<&'static str> {
+    schema(t).iter().map(|(k, _)| *k).collect()
+}
+
+fn check_payload(t: EventType, payload: &Map<String, Value>) -> Res<()> {
+    let fields = schema(t);
+    for (k, v) in payload {
+        let path = format!("payload.{k}");
+        let kind = match fields.iter().find(|(name, _)| name == k) {
+            Some((_, kind)) => *kind,
+            None => {
+                return unknown_key("payload", k, &format!(
+                    "{} (for {t})",
+                    payload_keys(t).join(", ")
+                ))
+            }
+        };
+        // null carries nothing and reads as "absent" everywhere.
+        if v.is_null() {
+            continue;
+        }
+        match kind {
+            Field::Digest => check_digest(&path, v)?,
+            Field::Name => check_name(&path, v, true).map(|_| ())?,
+            Field::Count => check_count(&path, v)?,
+            Field::Float => check_float(&path, v)?,
+            Field::Bool => check_bool(&path, v)?,
+            Field::Names => check_names_list(&path, v, MAX_TOOLS)?,
+            Field::Meta => check_meta(&path, v)?,
+            Field::Injection => check_injection(&path, v)?,
+            Field::Scalar => check_scalar(&path, v)?,
+        }
+    }
+    Ok(())
+}
+
+const ENVELOPE_KEYS: &str =
+    "event_type, run_id, agent_id, agent_version, step_index, timestamp, payload, parent_run_id";
+
+fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Res<&'a Value> {
+    match obj.get(key) {
+        Some(v) if !v.is_null() => Ok(v),
+        _ => err(ErrorKind::InvalidValue, key, "is required"),
+    }
+}
+
+/// Validates one envelope; `now` (epoch seconds) fills a missing timestamp.
+pub fn parse_event(v: &Value, now: f64) -> Res<Event> {
+    let obj = match v.as_object() {
+        Some(o) => o,
+        None => return wrong_type("", "an event object", v),
+    };
+    for k in obj.keys() {
+        if !ENVELOPE_KEYS.split(", ").any(|e| e == k) {
+            return unknown_key("", k, ENVELOPE_KEYS);
+        }
+    }
+    let et = required(obj, "event_type")?;
+    let et_str = match et.as_str() {
+        Some(s) => s,
+        None => return wrong_type("event_type", "a string", et),
+    };
+    let event_type = match EventType::parse(et_str) {
+        Some(t) => t,
+        None => {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            return err(
+                ErrorKind::InvalidValue,
+                "event_type",
+                format!("unknown event type; accepted: {}", known.join(", ")),
+            );
+        }
+    };
+    let run_id = check_name("run_id", required(obj, "run_id")?, false)?;
+    let agent_id = check_name("agent_id", required(obj, "agent_id")?, false)?;
+    let agent_version = check_name("agent_version", required(obj, "agent_version")?, false)?;
+    let step = required(obj, "step_index")?;
+    let step_index = match step.as_i64() {
+        Some(s) if s < 0 => return err(ErrorKind::InvalidValue, "step_index", "must not be negative"),
+        Some(s) if s > i64::from(i32::MAX) => {
+            return err(ErrorKind::InvalidValue, "step_index", "is too large")
+        }
+        Some(s) => s as i32,
+        None if step.is_number() => {
+            return err(ErrorKind::InvalidValue, "step_index", "must be an integer")
+        }
+        None => return wrong_type("step_index", "an integer", step),
+    };
+    let timestamp = match obj.get("timestamp") {
+        None | Some(Value::Null) => now,
+        Some(t) => match t.as_f64() {
+            Some(x) if x.is_finite() => x,
+            Some(_) => return err(ErrorKind::InvalidValue, "timestamp", "must be finite"),
+            None => return wrong_type("timestamp", "a number (unix epoch seconds)", t),
+        },
+    };
+    let payload = match obj.get("payload") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(p) => return wrong_type("payload", "an object", p),
+    };
+    check_payload(event_type, &payload)?;
+    let parent_run_id = match obj.get("parent_run_id") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(check_name("parent_run_id", p, false)?),
+    };
+    Ok(Event {
+        event_type,
+        run_id,
+        agent_id,
+        agent_version,
+        step_index,
+        timestamp,
+        payload,
+        parent_run_id,
+    })
+}
+
+/// Validates a batch: one envelope object or an array of 1..=`MAX_BATCH` envelopes.
+pub fn parse_batch(v: &Value, now: f64) -> Res<Vec<Event>> {
+    let items: Vec<&Value> = match v {
+        Value::Object(_) => vec![v],
+        Value::Array(a) => a.iter().collect(),
+        _ => return wrong_type("events", "an event object or an array of events", v),
+    };
+    if items.is_empty() {
+        return err(ErrorKind::InvalidValue, "events", "must contain at least one event");
+    }
+    if items.len() > MAX_BATCH {
+        return err(
+            ErrorKind::InvalidValue,
+            "events",
+            format!(
+                "a batch holds at most {MAX_BATCH} events, got {}; split it",
+                items.len()
+            ),
+        );
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            parse_event(item, now).map_err(|mut e| {
+                e.index = Some(i);
+                e
+            })
+        })
+        .collect()
+}
+
+/// Parses JSON text and validates it as a batch.
+pub fn parse_batch_text(text: &str, now: f64) -> Res<Vec<Event>> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ValidationError {
+        kind: ErrorKind::InvalidType,
+        index: None,
+        field: "events".into(),
+        message: format!("is not valid JSON ({e})"),
+    })?;
+    parse_batch(&v, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const H16: &str = "0123456789abcdef";
+
+    fn ev(t: &str, payload: Value) -> Value {
+        json!({"event_type": t, "run_id": "r-1", "agent_id": "a", "agent_version": "v1",
+               "step_index": 1, "timestamp": 1700000000.5, "payload": payload})
+    }
+
+    fn fails(v: Value) -> ValidationError {
+        parse_batch(&v, 0.0).unwrap_err()
+    }
+
+    #[test]
+    fn every_event_type_is_accepted() {
+        let batch = json!([
+            ev("run.started", json!({"input_hash": H16, "model": "gpt-4o", "tools": ["search", "calc"],
+                "injection_signal": {"matched_pattern_count": 2, "matched_patterns": ["ignore_previous", "jailbreak"], "input_length": 80}})),
+            ev("llm.called", json!({"model": "gpt-4o", "prompt_tokens": 120})),
+            ev("llm.responded", json!({"completion_tokens": 5, "latency_ms": 300, "finish_reason": "stop",
+                "output_hash": "a".repeat(64), "output_length": 17, "prompt_tokens": 120, "reasoning_tokens": 0})),
+            ev("tool.called", json!({"tool_name": "search", "args_hash": H16})),
+            ev("tool.responded", json!({"tool_name": "search", "success": false, "output_length": 0, "latency_ms": 12, "error_hash": H16})),
+            ev("retrieval.called", json!({"index_name": "docs", "query_hash": ""})),
+            ev("retrieval.responded", json!({"index_name": "docs", "result_count": 0, "top_score": null, "latency_ms": 3})),
+            ev("external.signal", json!({"signal_name": "rate_limited", "source": "openai", "meta": {"retry_after": 2.5, "region": "eu-west-1"}})),
+            ev("policy.triggered", json!({"policy_name": "max_steps", "action_type": "stop", "trigger": "step_count", "value": 20})),
+            ev("run.completed", json!({"total_steps": 4, "exit_reason": "final_answer", "tool_call_count": 1})),
+            ev("run.errored", json!({"error_type": "TimeoutError", "error_hash": H16, "step_index": 4})),
+        ]);
+        let events = parse_batch(&batch, 0.0).unwrap();
+        assert_eq!(events.len(), 11);
+        assert_eq!(events[0].event_type, EventType::RunStarted);
+        assert_eq!(events[10].event_type, EventType::RunErrored);
+        assert_eq!(events[1].timestamp, 1700000000.5);
+    }
+
+    #[test]
+    fn single_object_and_defaults() {
+        let v = json!({"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0});
+        let e = parse_batch(&v, 42.0).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].timestamp, 42.0);
+        assert!(e[0].payload.is_empty());
+    }
+
+    #[test]
+    fn raw_content_is_refused() {
+        let e = fails(json!([ev("run.started", json!({})), ev("llm.responded", json!({"output_hash": "The capital of France is Paris"}))]));
+        assert_eq!(e.index, Some(1));
+        assert_eq!(e.field, "payload.output_hash");
+        assert_eq!(e.kind, ErrorKind::InvalidValue);
+        assert!(!e.to_string().contains("Paris"), "error must not echo content: {e}");
+
+        let e = fails(json!([ev("llm.called", json!({"prompt": "What is the capital of France?"}))]));
+        assert_eq!(e.field, "payload.prompt");
+        assert!(e.message.contains("unknown key"));
+
+        let e = fails(json!([ev("tool.called", json!({"tool_name": "look up the weather in Paris"}))]));
+        assert_eq!(e.field, "payload.tool_name");
+
+        let e = fails(json!([ev("run.started", json!({"input_text": "hello"}))]));
+        assert_eq!(e.field, "payload.input_text");
+    }
+
+    #[test]
+    fn digests_must_be_lowercase_hex_16_to_64() {
+        assert!(is_digest(""));
+        assert!(is_digest(H16));
+        assert!(is_digest(&"f".repeat(64)));
+        assert!(!is_digest(&"f".repeat(15)));
+        assert!(!is_digest(&"f".repeat(65)));
+        assert!(!is_digest("0123456789ABCDEF"));
+        assert!(!is_digest("0123456789abcdeg"));
+    }
+
+    #[test]
+    fn rejections_name_index_field_and_kind() {
+        let cases: Vec<(Value, &str, ErrorKind)> = vec![
+            (json!([ev("nope", json!({}))]), "event_type", ErrorKind::InvalidValue),
+            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": -1}]), "step_index", ErrorKind::InvalidValue),
+            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": "1"}]), "step_index", ErrorKind::InvalidType),
+            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 1.5}]), "step_index", ErrorKind::InvalidValue),
+            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "timestamp": "now"}]), "timestamp", ErrorKind::InvalidType),
+            (json!([{"event_type": "run.started", "run_id": "", "agent_id": "a", "agent_version": "v", "step_index": 0}]), "run_id", ErrorKind::InvalidValue),
+            (json!([{"event_type": "run.started", "agent_id": "a", "agent_version": "v", "step_index": 0}]), "run_id", ErrorKind::InvalidValue),
+            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "extra": 1}]), "extra", ErrorKind::InvalidValue),
+            (json!([ev("llm.called", json!({"prompt_tokens": -5}))]), "payload.prompt_tokens", ErrorKind::InvalidValue),
+            (json!([ev("llm.called", json!({"prompt_tokens": "5"}))]), "payload.prompt_tokens", ErrorKind::InvalidType),
+            (json!([ev("tool.responded", json!({"success": "yes"}))]), "payload.success", ErrorKind::InvalidType),
+            (json!([ev("run.started", json!({"tools": "search"}))]), "payload.tools", ErrorKind::InvalidType),
+            (json!([ev("run.started", json!({"injection_signal": {"raw_input": "x"}}))]), "payload.injection_signal.raw_input", ErrorKind::InvalidValue),
+            (json!([ev("external.signal", json!({"meta": {"note": "a long sentence here"}}))]), "payload.meta.note", ErrorKind::InvalidValue),
+            (json!([ev("run.started", json!([]))]), "payload", ErrorKind::InvalidType),
+            (json!("x"), "events", ErrorKind::InvalidType),
+            (json!([]), "events", ErrorKind::InvalidValue),
+        ];
+        for (v, field, kind) in cases {
+            let e = parse_batch(&v, 0.0).unwrap_err();
+            assert_eq!(e.field, field, "{v} -> {e}");
+            assert_eq!(e.kind, kind, "{v} -> {e}");
+        }
+    }
+
+    #[test]
+    fn oversize_batches_are_refused() {
+        let one = ev("llm.called", json!({}));
+        let batch = Value::Array(vec![one; MAX_BATCH + 1]);
+        let e = parse_batch(&batch, 0.0).unwrap_err();
+        assert_eq!(e.field, "events");
+        assert!(e.message.contains("at most 1000"));
+        let ok = Value::Array(vec![ev("llm.called", json!({})); MAX_BATCH]);
+        assert_eq!(parse_batch(&ok, 0.0).unwrap().len(), MAX_BATCH);
+    }
+
+    #[test]
+    fn non_json_and_out_of_range_numbers() {
+        let e = parse_batch_text("{not json", 0.0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidType);
+        let e = parse_batch_text(r#"{"event_type":"run.started","run_id":"r","agent_id":"a","agent_version":"v","step_index":0,"timestamp":1e400}"#, 0.0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidType);
+        let e = parse_batch_text(r#"{"event_type":"run.started","run_id":"r","agent_id":"a","agent_version":"v","step_index":99999999999}"#, 0.0).unwrap_err();
+        assert_eq!(e.field, "step_index");
+    }
+
+    #[test]
+    fn timestamps_parse_with_correct_rounding() {
+        let e = parse_batch_text(r#"{"event_type":"run.started","run_id":"r","agent_id":"a","agent_version":"v","step_index":0,"timestamp":1732550000.123456789}"#, 0.0).unwrap();
+        assert_eq!(e[0].timestamp, "1732550000.123456789".parse::<f64>().unwrap());
+    }
+}

@@ -1,0 +1,91 @@
+//! What one accepted batch does to run tracking: per run, how many events arrived, whether
+//! it started, whether it finished. The shell upserts one `dunetrace.runs` row per summary.
+
+use crate::event::{Event, EventType};
+
+/// The effect of a batch on one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunTouch {
+    pub run_id: String,
+    /// Identity from the run's first event in the batch.
+    pub agent_id: String,
+    pub agent_version: String,
+    pub parent_run_id: Option<String>,
+    pub has_started: bool,
+    /// The first terminal event type in batch order, if any.
+    pub terminal: Option<EventType>,
+    pub events: i32,
+    pub max_step: i32,
+}
+
+/// Summarises a batch per run, sorted by run_id (so concurrent batches lock runs in the same
+/// order and cannot deadlock).
+pub fn summarize(events: &[Event]) -> Vec<RunTouch> {
+    let mut out: Vec<RunTouch> = Vec::new();
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by(|a, b| events[*a].run_id.cmp(&events[*b].run_id).then(a.cmp(b)));
+    for i in order {
+        let e = &events[i];
+        let is_new = out.last().is_none_or(|t| t.run_id != e.run_id);
+        if is_new {
+            out.push(RunTouch {
+                run_id: e.run_id.clone(),
+                agent_id: e.agent_id.clone(),
+                agent_version: e.agent_version.clone(),
+                parent_run_id: e.parent_run_id.clone(),
+                has_started: false,
+                terminal: None,
+                events: 0,
+                max_step: 0,
+            });
+        }
+        let t = out.last_mut().expect("pushed above");
+        t.events += 1;
+        t.max_step = t.max_step.max(e.step_index);
+        t.has_started |= e.event_type == EventType::RunStarted;
+        if t.terminal.is_none() && e.event_type.is_terminal() {
+            t.terminal = Some(e.event_type);
+        }
+        if t.parent_run_id.is_none() {
+            t.parent_run_id = e.parent_run_id.clone();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn e(run: &str, t: EventType, step: i32) -> Event {
+        Event {
+            event_type: t,
+            run_id: run.into(),
+            agent_id: "a".into(),
+            agent_version: "v".into(),
+            step_index: step,
+            timestamp: 0.0,
+            payload: Map::new(),
+            parent_run_id: None,
+        }
+    }
+
+    #[test]
+    fn summarises_per_run_sorted() {
+        let s = summarize(&[
+            e("b", EventType::RunStarted, 0),
+            e("a", EventType::ToolCalled, 3),
+            e("b", EventType::RunErrored, 2),
+            e("b", EventType::RunCompleted, 2),
+        ]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].run_id, "a");
+        assert!(!s[0].has_started);
+        assert_eq!(s[0].max_step, 3);
+        assert_eq!(s[1].run_id, "b");
+        assert!(s[1].has_started);
+        assert_eq!(s[1].terminal, Some(EventType::RunErrored));
+        assert_eq!(s[1].events, 3);
+    }
+}
