@@ -21,7 +21,10 @@ pub fn rejected(e: &ValidationError) -> ! {
         ErrorKind::InvalidType => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
         ErrorKind::InvalidValue => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
     };
-    raise(code, format!("dunetrace.ingest: batch rejected, nothing stored: {e}"))
+    raise(
+        code,
+        format!("dunetrace.ingest: batch rejected, nothing stored: {e}"),
+    )
 }
 
 /// 28000 invalid_authorization_specification.

@@ -25,7 +25,11 @@ fn ingest_text(api_key: Option<&str>, events: Option<&str>) -> pgrx::JsonB {
     };
     let events = validate::parse_batch_text(text, now_epoch()).unwrap_or_else(|e| rejected(&e));
     if key_agent != "*" {
-        if let Some((i, e)) = events.iter().enumerate().find(|(_, e)| e.agent_id != key_agent) {
+        if let Some((i, e)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.agent_id != key_agent)
+        {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!(

@@ -123,12 +123,17 @@ pub fn authenticate(key: Option<&str>) -> String {
         for row in rows {
             let stored: Vec<u8> = row.get(1)?.unwrap_or_default();
             if ids::constant_time_eq(&stored, &hash) {
-                found = Some((row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or(false)));
+                found = Some((
+                    row.get(2)?.unwrap_or_default(),
+                    row.get(3)?.unwrap_or(false),
+                ));
             }
         }
         Ok::<_, pgrx::spi::SpiError>(found)
     })
-    .unwrap_or_else(|e: pgrx::spi::SpiError| bad_key(format!("dunetrace.ingest: key check failed: {e}")));
+    .unwrap_or_else(|e: pgrx::spi::SpiError| {
+        bad_key(format!("dunetrace.ingest: key check failed: {e}"))
+    });
     match found {
         Some((agent, true)) => agent,
         Some((_, false)) => bad_key("dunetrace.ingest: API key has been revoked"),

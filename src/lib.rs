@@ -10,7 +10,7 @@ mod ingest;
 mod keys;
 mod settings;
 
-pgrx::pg_module_magic!();
+pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
@@ -21,10 +21,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    mod ingest_tests;
-}
+mod tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
@@ -32,6 +29,9 @@ pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "shared_preload_libraries = 'dunetrace'",
+            "dunetrace.database = 'pgrx_tests'",
+        ]
     }
 }

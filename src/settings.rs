@@ -7,7 +7,8 @@ use std::ffi::CString;
 pub static STALL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(90);
 
 /// The database the background worker connects to.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -20,6 +21,11 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+    // Postmaster-level settings can only be defined while the library is preloaded.
+    // SAFETY: plain read of a flag the postmaster sets.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
     GucRegistry::define_string_guc(
         c"dunetrace.database",
         c"Database the dunetrace background worker connects to.",

@@ -68,7 +68,9 @@ mod tests {
         let k = api_key(&[7u8; 32]);
         assert!(k.starts_with("dt_"));
         assert_eq!(k.len(), 3 + 43);
-        assert!(k[3..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(k[3..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_eq!(key_prefix(&k), Some(&k[..12]));
         assert_eq!(key_prefix("nope"), None);
         assert_eq!(key_prefix("dt_short"), None);

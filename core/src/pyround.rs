@@ -42,7 +42,11 @@ pub fn py_str(x: f64) -> String {
     let a = x.abs();
     if a == 0.0 || (1e-4..1e16).contains(&a) {
         let s = format!("{x:?}");
-        return if s.contains('.') || s.contains('e') { s } else { format!("{s}.0") };
+        return if s.contains('.') || s.contains('e') {
+            s
+        } else {
+            format!("{s}.0")
+        };
     }
     // Scientific: Rust prints `1e16` / `1.5e-5`; Python prints `1e+16` / `1.5e-05`.
     let s = format!("{x:e}");

@@ -123,7 +123,8 @@ fn check_name(field: &str, v: &Value, allow_empty: bool) -> Res<String> {
 pub fn is_digest(s: &str) -> bool {
     s.is_empty()
         || ((16..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 fn check_digest(field: &str, v: &Value) -> Res<()> {
@@ -233,7 +234,13 @@ fn check_injection(field: &str, v: &Value) -> Res<()> {
         match k.as_str() {
             "matched_pattern_count" | "input_length" => check_count(&f, val)?,
             "matched_patterns" => check_names_list(&f, val, MAX_PATTERNS)?,
-            _ => return unknown_key(field, k, "matched_pattern_count, matched_patterns, input_length"),
+            _ => {
+                return unknown_key(
+                    field,
+                    k,
+                    "matched_pattern_count, matched_patterns, input_length",
+                )
+            }
         }
     }
     Ok(())
@@ -334,10 +341,11 @@ fn check_payload(t: EventType, payload: &Map<String, Value>) -> Res<()> {
         let kind = match fields.iter().find(|(name, _)| name == k) {
             Some((_, kind)) => *kind,
             None => {
-                return unknown_key("payload", k, &format!(
-                    "{} (for {t})",
-                    payload_keys(t).join(", ")
-                ))
+                return unknown_key(
+                    "payload",
+                    k,
+                    &format!("{} (for {t})", payload_keys(t).join(", ")),
+                )
             }
         };
         // null carries nothing and reads as "absent" everywhere.
@@ -401,7 +409,13 @@ pub fn parse_event(v: &Value, now: f64) -> Res<Event> {
     let agent_version = check_name("agent_version", required(obj, "agent_version")?, false)?;
     let step = required(obj, "step_index")?;
     let step_index = match step.as_i64() {
-        Some(s) if s < 0 => return err(ErrorKind::InvalidValue, "step_index", "must not be negative"),
+        Some(s) if s < 0 => {
+            return err(
+                ErrorKind::InvalidValue,
+                "step_index",
+                "must not be negative",
+            )
+        }
         Some(s) if s > i64::from(i32::MAX) => {
             return err(ErrorKind::InvalidValue, "step_index", "is too large")
         }
@@ -449,7 +463,11 @@ pub fn parse_batch(v: &Value, now: f64) -> Res<Vec<Event>> {
         _ => return wrong_type("events", "an event object or an array of events", v),
     };
     if items.is_empty() {
-        return err(ErrorKind::InvalidValue, "events", "must contain at least one event");
+        return err(
+            ErrorKind::InvalidValue,
+            "events",
+            "must contain at least one event",
+        );
     }
     if items.len() > MAX_BATCH {
         return err(
@@ -503,19 +521,52 @@ mod tests {
     #[test]
     fn every_event_type_is_accepted() {
         let batch = json!([
-            ev("run.started", json!({"input_hash": H16, "model": "gpt-4o", "tools": ["search", "calc"],
-                "injection_signal": {"matched_pattern_count": 2, "matched_patterns": ["ignore_previous", "jailbreak"], "input_length": 80}})),
-            ev("llm.called", json!({"model": "gpt-4o", "prompt_tokens": 120})),
-            ev("llm.responded", json!({"completion_tokens": 5, "latency_ms": 300, "finish_reason": "stop",
-                "output_hash": "a".repeat(64), "output_length": 17, "prompt_tokens": 120, "reasoning_tokens": 0})),
-            ev("tool.called", json!({"tool_name": "search", "args_hash": H16})),
-            ev("tool.responded", json!({"tool_name": "search", "success": false, "output_length": 0, "latency_ms": 12, "error_hash": H16})),
-            ev("retrieval.called", json!({"index_name": "docs", "query_hash": ""})),
-            ev("retrieval.responded", json!({"index_name": "docs", "result_count": 0, "top_score": null, "latency_ms": 3})),
-            ev("external.signal", json!({"signal_name": "rate_limited", "source": "openai", "meta": {"retry_after": 2.5, "region": "eu-west-1"}})),
-            ev("policy.triggered", json!({"policy_name": "max_steps", "action_type": "stop", "trigger": "step_count", "value": 20})),
-            ev("run.completed", json!({"total_steps": 4, "exit_reason": "final_answer", "tool_call_count": 1})),
-            ev("run.errored", json!({"error_type": "TimeoutError", "error_hash": H16, "step_index": 4})),
+            ev(
+                "run.started",
+                json!({"input_hash": H16, "model": "gpt-4o", "tools": ["search", "calc"],
+                "injection_signal": {"matched_pattern_count": 2, "matched_patterns": ["ignore_previous", "jailbreak"], "input_length": 80}})
+            ),
+            ev(
+                "llm.called",
+                json!({"model": "gpt-4o", "prompt_tokens": 120})
+            ),
+            ev(
+                "llm.responded",
+                json!({"completion_tokens": 5, "latency_ms": 300, "finish_reason": "stop",
+                "output_hash": "a".repeat(64), "output_length": 17, "prompt_tokens": 120, "reasoning_tokens": 0})
+            ),
+            ev(
+                "tool.called",
+                json!({"tool_name": "search", "args_hash": H16})
+            ),
+            ev(
+                "tool.responded",
+                json!({"tool_name": "search", "success": false, "output_length": 0, "latency_ms": 12, "error_hash": H16})
+            ),
+            ev(
+                "retrieval.called",
+                json!({"index_name": "docs", "query_hash": ""})
+            ),
+            ev(
+                "retrieval.responded",
+                json!({"index_name": "docs", "result_count": 0, "top_score": null, "latency_ms": 3})
+            ),
+            ev(
+                "external.signal",
+                json!({"signal_name": "rate_limited", "source": "openai", "meta": {"retry_after": 2.5, "region": "eu-west-1"}})
+            ),
+            ev(
+                "policy.triggered",
+                json!({"policy_name": "max_steps", "action_type": "stop", "trigger": "step_count", "value": 20})
+            ),
+            ev(
+                "run.completed",
+                json!({"total_steps": 4, "exit_reason": "final_answer", "tool_call_count": 1})
+            ),
+            ev(
+                "run.errored",
+                json!({"error_type": "TimeoutError", "error_hash": H16, "step_index": 4})
+            ),
         ]);
         let events = parse_batch(&batch, 0.0).unwrap();
         assert_eq!(events.len(), 11);
@@ -535,17 +586,32 @@ mod tests {
 
     #[test]
     fn raw_content_is_refused() {
-        let e = fails(json!([ev("run.started", json!({})), ev("llm.responded", json!({"output_hash": "The capital of France is Paris"}))]));
+        let e = fails(json!([
+            ev("run.started", json!({})),
+            ev(
+                "llm.responded",
+                json!({"output_hash": "The capital of France is Paris"})
+            )
+        ]));
         assert_eq!(e.index, Some(1));
         assert_eq!(e.field, "payload.output_hash");
         assert_eq!(e.kind, ErrorKind::InvalidValue);
-        assert!(!e.to_string().contains("Paris"), "error must not echo content: {e}");
+        assert!(
+            !e.to_string().contains("Paris"),
+            "error must not echo content: {e}"
+        );
 
-        let e = fails(json!([ev("llm.called", json!({"prompt": "What is the capital of France?"}))]));
+        let e = fails(json!([ev(
+            "llm.called",
+            json!({"prompt": "What is the capital of France?"})
+        )]));
         assert_eq!(e.field, "payload.prompt");
         assert!(e.message.contains("unknown key"));
 
-        let e = fails(json!([ev("tool.called", json!({"tool_name": "look up the weather in Paris"}))]));
+        let e = fails(json!([ev(
+            "tool.called",
+            json!({"tool_name": "look up the weather in Paris"})
+        )]));
         assert_eq!(e.field, "payload.tool_name");
 
         let e = fails(json!([ev("run.started", json!({"input_text": "hello"}))]));
@@ -566,21 +632,87 @@ mod tests {
     #[test]
     fn rejections_name_index_field_and_kind() {
         let cases: Vec<(Value, &str, ErrorKind)> = vec![
-            (json!([ev("nope", json!({}))]), "event_type", ErrorKind::InvalidValue),
-            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": -1}]), "step_index", ErrorKind::InvalidValue),
-            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": "1"}]), "step_index", ErrorKind::InvalidType),
-            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 1.5}]), "step_index", ErrorKind::InvalidValue),
-            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "timestamp": "now"}]), "timestamp", ErrorKind::InvalidType),
-            (json!([{"event_type": "run.started", "run_id": "", "agent_id": "a", "agent_version": "v", "step_index": 0}]), "run_id", ErrorKind::InvalidValue),
-            (json!([{"event_type": "run.started", "agent_id": "a", "agent_version": "v", "step_index": 0}]), "run_id", ErrorKind::InvalidValue),
-            (json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "extra": 1}]), "extra", ErrorKind::InvalidValue),
-            (json!([ev("llm.called", json!({"prompt_tokens": -5}))]), "payload.prompt_tokens", ErrorKind::InvalidValue),
-            (json!([ev("llm.called", json!({"prompt_tokens": "5"}))]), "payload.prompt_tokens", ErrorKind::InvalidType),
-            (json!([ev("tool.responded", json!({"success": "yes"}))]), "payload.success", ErrorKind::InvalidType),
-            (json!([ev("run.started", json!({"tools": "search"}))]), "payload.tools", ErrorKind::InvalidType),
-            (json!([ev("run.started", json!({"injection_signal": {"raw_input": "x"}}))]), "payload.injection_signal.raw_input", ErrorKind::InvalidValue),
-            (json!([ev("external.signal", json!({"meta": {"note": "a long sentence here"}}))]), "payload.meta.note", ErrorKind::InvalidValue),
-            (json!([ev("run.started", json!([]))]), "payload", ErrorKind::InvalidType),
+            (
+                json!([ev("nope", json!({}))]),
+                "event_type",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": -1}]),
+                "step_index",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": "1"}]),
+                "step_index",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 1.5}]),
+                "step_index",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "timestamp": "now"}]),
+                "timestamp",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([{"event_type": "run.started", "run_id": "", "agent_id": "a", "agent_version": "v", "step_index": 0}]),
+                "run_id",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([{"event_type": "run.started", "agent_id": "a", "agent_version": "v", "step_index": 0}]),
+                "run_id",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "extra": 1}]),
+                "extra",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("llm.called", json!({"prompt_tokens": -5}))]),
+                "payload.prompt_tokens",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("llm.called", json!({"prompt_tokens": "5"}))]),
+                "payload.prompt_tokens",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([ev("tool.responded", json!({"success": "yes"}))]),
+                "payload.success",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([ev("run.started", json!({"tools": "search"}))]),
+                "payload.tools",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([ev(
+                    "run.started",
+                    json!({"injection_signal": {"raw_input": "x"}})
+                )]),
+                "payload.injection_signal.raw_input",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev(
+                    "external.signal",
+                    json!({"meta": {"note": "a long sentence here"}})
+                )]),
+                "payload.meta.note",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("run.started", json!([]))]),
+                "payload",
+                ErrorKind::InvalidType,
+            ),
             (json!("x"), "events", ErrorKind::InvalidType),
             (json!([]), "events", ErrorKind::InvalidValue),
         ];
@@ -615,6 +747,9 @@ mod tests {
     #[test]
     fn timestamps_parse_with_correct_rounding() {
         let e = parse_batch_text(r#"{"event_type":"run.started","run_id":"r","agent_id":"a","agent_version":"v","step_index":0,"timestamp":1732550000.123456789}"#, 0.0).unwrap();
-        assert_eq!(e[0].timestamp, "1732550000.123456789".parse::<f64>().unwrap());
+        assert_eq!(
+            e[0].timestamp,
+            "1732550000.123456789".parse::<f64>().unwrap()
+        );
     }
 }

@@ -198,7 +198,10 @@ pub fn validate(detector: &str, params: &Value) -> Result<FailureType, String> {
     for (k, v) in obj {
         if k == "live" || k == "enabled" {
             if !v.is_boolean() {
-                return Err(format!("parameter \"{k}\" of {} must be a boolean", t.config_key()));
+                return Err(format!(
+                    "parameter \"{k}\" of {} must be a boolean",
+                    t.config_key()
+                ));
             }
             continue;
         }
@@ -224,9 +227,15 @@ pub fn validate(detector: &str, params: &Value) -> Result<FailureType, String> {
                 }
             },
             Kind::Pos | Kind::NonNeg => match v.as_f64() {
-                Some(x) if x.is_finite() && (x > 0.0 || (x == 0.0 && matches!(kind, Kind::NonNeg))) => {}
+                Some(x)
+                    if x.is_finite() && (x > 0.0 || (x == 0.0 && matches!(kind, Kind::NonNeg))) => {
+                }
                 _ => {
-                    let bound = if matches!(kind, Kind::Pos) { "> 0" } else { ">= 0" };
+                    let bound = if matches!(kind, Kind::Pos) {
+                        "> 0"
+                    } else {
+                        ">= 0"
+                    };
                     return Err(format!(
                         "parameter \"{k}\" of {} must be a number {bound}",
                         t.config_key()
@@ -300,7 +309,9 @@ mod tests {
         assert_eq!(c.tool_loop.window, 5);
         assert_eq!(c.context_bloat.growth_factor, 3.0);
         assert_eq!(c.cost_spike.static_threshold_tokens, 50_000);
-        assert!(FailureType::ALL.iter().all(|t| c.is_live(*t) && c.enabled(*t)));
+        assert!(FailureType::ALL
+            .iter()
+            .all(|t| c.is_live(*t) && c.enabled(*t)));
     }
 
     #[test]
@@ -317,7 +328,9 @@ mod tests {
 
     #[test]
     fn rejects_unknown_and_bad_values() {
-        assert!(validate("nope", &json!({})).unwrap_err().contains("unknown detector \"nope\""));
+        assert!(validate("nope", &json!({}))
+            .unwrap_err()
+            .contains("unknown detector \"nope\""));
         assert!(validate("tool_loop", &json!({"treshold": 1}))
             .unwrap_err()
             .contains("unknown parameter \"treshold\""));

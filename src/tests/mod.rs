@@ -1,0 +1,2 @@
+//! `#[pg_test]`s, one file per SQL area. Each file's tests live in a `#[pg_schema] mod tests`.
+mod ingest;
