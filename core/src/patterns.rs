@@ -1,0 +1,1 @@
+//! Prompt-injection patterns scanned in the agent's process.
