@@ -10,6 +10,96 @@ AS $$ SELECT dunetrace._ingest(api_key, events::text) $$;
 COMMENT ON FUNCTION dunetrace.ingest(text, jsonb) IS
     'Stores a batch of hashed, structural agent events (one object or an array); all-or-nothing.';
 
+-- Views for people and dashboards.
+
+-- One row per run: identity, timing, size, how it ended, how many signals it produced.
+CREATE VIEW dunetrace.run_overview AS
+SELECT r.run_id,
+       r.agent_id,
+       r.agent_version,
+       r.parent_run_id,
+       to_timestamp(e.started) AS started_at,
+       e.duration_s,
+       r.max_step AS steps,
+       e.tool_calls,
+       e.llm_calls,
+       e.total_tokens,
+       CASE r.terminal_event
+           WHEN 'run.errored' THEN 'error'
+           WHEN 'run.completed' THEN COALESCE(e.exit_reason, 'completed')
+       END AS exit_reason,
+       p.trigger AS processed_as,
+       p.processed_at,
+       COALESCE(p.signal_count, 0) AS signal_count,
+       p.error AS processing_error,
+       r.event_count,
+       r.last_received_at
+FROM dunetrace.runs r
+LEFT JOIN dunetrace.processed_runs p ON p.run_id = r.run_id
+LEFT JOIN LATERAL (
+    SELECT min(ev."timestamp") AS started,
+           max(ev."timestamp") - min(ev."timestamp") AS duration_s,
+           count(*) FILTER (WHERE ev.event_type = 'tool.called') AS tool_calls,
+           count(*) FILTER (WHERE ev.event_type = 'llm.called') AS llm_calls,
+           sum(COALESCE((ev.payload->>'prompt_tokens')::bigint, 0)
+               + COALESCE((ev.payload->>'completion_tokens')::bigint, 0))
+               FILTER (WHERE ev.event_type IN ('llm.called', 'llm.responded')) AS total_tokens,
+           min(ev.payload->>'exit_reason') FILTER (WHERE ev.event_type = 'run.completed') AS exit_reason
+    FROM dunetrace.events ev
+    WHERE ev.run_id = r.run_id
+) e ON true;
+
+-- Signals with their explanation title.
+CREATE VIEW dunetrace.signal_overview AS
+SELECT s.id,
+       s.detected_at,
+       s.agent_id,
+       s.agent_version,
+       s.run_id,
+       s.failure_type,
+       s.severity,
+       s.confidence,
+       s.step_index,
+       dunetrace.signal_title(s.failure_type, s.evidence) AS title,
+       s.shadow,
+       s.alerted,
+       s.co_signal_count,
+       s.evidence
+FROM dunetrace.failure_signals s;
+
+-- Per agent, the last 7 days: processed runs, share of runs with a live signal, top types.
+CREATE VIEW dunetrace.agent_overview AS
+SELECT a.agent_id,
+       a.runs_7d,
+       a.runs_with_signals_7d,
+       round(a.runs_with_signals_7d::numeric / NULLIF(a.runs_7d, 0), 4) AS signal_rate_7d,
+       COALESCE(t.top_failure_types, '[]'::jsonb) AS top_failure_types,
+       a.last_processed_at
+FROM (
+    SELECT p.agent_id,
+           count(*) AS runs_7d,
+           count(*) FILTER (WHERE EXISTS (
+               SELECT 1 FROM dunetrace.failure_signals s
+               WHERE s.run_id = p.run_id AND NOT s.shadow)) AS runs_with_signals_7d,
+           max(p.processed_at) AS last_processed_at
+    FROM dunetrace.processed_runs p
+    WHERE p.processed_at > now() - interval '7 days'
+    GROUP BY p.agent_id
+) a
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg(jsonb_build_object('failure_type', x.failure_type, 'runs', x.runs)
+                     ORDER BY x.runs DESC, x.failure_type) AS top_failure_types
+    FROM (
+        SELECT s.failure_type, count(DISTINCT s.run_id) AS runs
+        FROM dunetrace.failure_signals s
+        WHERE s.agent_id = a.agent_id AND NOT s.shadow
+          AND s.detected_at > now() - interval '7 days'
+        GROUP BY s.failure_type
+        ORDER BY runs DESC, s.failure_type
+        LIMIT 3
+    ) x
+) t ON true;
+
 -- Privileges: nothing for PUBLIC; the ingest role may only call ingest(); the reader role
 -- reads data and views but never key hashes or alert destinations.
 REVOKE ALL ON ALL TABLES IN SCHEMA dunetrace FROM PUBLIC;
@@ -19,6 +109,11 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dunetrace FROM PUBLIC;
 GRANT USAGE ON SCHEMA dunetrace TO dunetrace_ingest, dunetrace_reader;
 GRANT EXECUTE ON FUNCTION dunetrace.ingest(text, jsonb) TO dunetrace_ingest;
 
+GRANT EXECUTE ON FUNCTION dunetrace.explain(bigint),
+                         dunetrace.signal_title(text, jsonb)
+    TO dunetrace_reader;
+GRANT SELECT ON dunetrace.run_overview, dunetrace.signal_overview, dunetrace.agent_overview
+    TO dunetrace_reader;
 GRANT SELECT ON dunetrace.events, dunetrace.runs, dunetrace.failure_signals,
                 dunetrace.processed_runs, dunetrace.issues, dunetrace.fixes,
                 dunetrace.digest_log, dunetrace.detector_settings

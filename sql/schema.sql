@@ -46,6 +46,8 @@ CREATE INDEX events_agent_received_idx ON dunetrace.events (agent_id, received_a
 
 -- Run tracking, maintained by ingest: the worker finds finished and stalled runs here and
 -- never scans events to do so.
+CREATE SEQUENCE dunetrace.runs_seq;
+
 CREATE TABLE dunetrace.runs (
     run_id             text        PRIMARY KEY,
     agent_id           text        NOT NULL,
@@ -57,6 +59,8 @@ CREATE TABLE dunetrace.runs (
     max_step           integer     NOT NULL DEFAULT 0,
     first_received_at  timestamptz NOT NULL DEFAULT now(),
     last_received_at   timestamptz NOT NULL DEFAULT now(),
+    -- Ingest order of the run's latest batch: runs are processed in this order.
+    last_seq           bigint      NOT NULL DEFAULT nextval('dunetrace.runs_seq'),
     -- NULL until processed; then the trigger it was processed under.
     processed_trigger  text        CHECK (processed_trigger IN ('run.completed', 'run.errored', 'stalled'))
 );
@@ -64,6 +68,7 @@ CREATE TABLE dunetrace.runs (
 CREATE INDEX runs_pending_idx ON dunetrace.runs (last_received_at)
     WHERE processed_trigger IS NULL
        OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL);
+ALTER SEQUENCE dunetrace.runs_seq OWNED BY dunetrace.runs.last_seq;
 CREATE INDEX runs_agent_idx ON dunetrace.runs (agent_id, first_received_at DESC);
 
 CREATE SEQUENCE dunetrace.processed_runs_seq;

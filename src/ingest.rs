@@ -115,7 +115,8 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
                  event_count = r.event_count + excluded.event_count, \
                  max_step = GREATEST(r.max_step, excluded.max_step), \
                  parent_run_id = COALESCE(r.parent_run_id, excluded.parent_run_id), \
-                 last_received_at = now()",
+                 last_received_at = now(), \
+                 last_seq = nextval('dunetrace.runs_seq')",
             None,
             &[
                 t_run.into(),

@@ -5,9 +5,12 @@
 
 use pgrx::prelude::*;
 
+mod config;
 mod errors;
+mod explain;
 mod ingest;
 mod keys;
+mod process;
 mod settings;
 
 pgrx::pg_module_magic!(name, version);

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod format;
 pub mod ids;
 pub mod patterns;
+pub mod pipeline;
 pub mod pyround;
 pub mod run;
 pub mod sign;

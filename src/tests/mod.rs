@@ -1,2 +1,3 @@
 //! `#[pg_test]`s, one file per SQL area. Each file's tests live in a `#[pg_schema] mod tests`.
 mod ingest;
+mod process;

@@ -248,6 +248,21 @@ pub fn validate(detector: &str, params: &Value) -> Result<FailureType, String> {
 }
 
 impl DetectorConfig {
+    /// The configuration from stored settings rows `(detector, params)`, applied in order
+    /// over the defaults: give the `'default'` agent's rows first, then the agent's own.
+    /// Rows naming an unknown detector are skipped (they were validated when stored).
+    pub fn from_layers<'a>(
+        layers: impl IntoIterator<Item = (&'a str, &'a Map<String, Value>)>,
+    ) -> DetectorConfig {
+        let mut cfg = DetectorConfig::default();
+        for (detector, params) in layers {
+            if let Some(t) = FailureType::parse(detector) {
+                cfg.apply(t, params);
+            }
+        }
+        cfg
+    }
+
     /// Applies one validated parameter object for detector `t` over the current values.
     pub fn apply(&mut self, t: FailureType, params: &Map<String, Value>) {
         for (k, v) in params {

@@ -1,0 +1,369 @@
+//! `dunetrace.process_runs()`: claim finished runs, evaluate them in the core, write results.
+//!
+//! One call is one batch in the caller's transaction: claim (SKIP LOCKED) → load events, the
+//! agents' detector settings and recent metrics → `pipeline::evaluate` per run → insert signals,
+//! upsert processed_runs, mark runs processed. Runs are evaluated in the order they finished,
+//! and each run's baselines include the runs evaluated before it in the same batch.
+
+use crate::errors::invalid;
+use crate::settings;
+use dunetrace_core::baseline::{RunMetrics, BASELINE_WINDOW};
+use dunetrace_core::detect::DetectorConfig;
+use dunetrace_core::event::{Event, EventType};
+use dunetrace_core::pipeline::{self, Evaluation};
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiError};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, VecDeque};
+
+/// A run claimed for processing.
+struct Claimed {
+    run_id: String,
+    /// `run.completed`, `run.errored` or `stalled`.
+    trigger: String,
+    /// Processed before (as stalled): only new failure types are added.
+    reevaluated: bool,
+}
+
+/// Processes up to `max_runs` finished runs now: completed or errored, or started and silent
+/// for `dunetrace.stall_timeout` seconds. Returns how many runs were processed.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn process_runs(max_runs: default!(i32, 1000)) -> i32 {
+    if max_runs < 0 {
+        invalid("max_runs must not be negative");
+    }
+    process_batch(max_runs, settings::STALL_TIMEOUT.get())
+        .unwrap_or_else(|e| invalid(format!("dunetrace.process_runs: {e}")))
+}
+
+/// One batch; shared by the SQL function and the background worker.
+pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiError> {
+    if max_runs == 0 {
+        return Ok(0);
+    }
+    Spi::connect_mut(|client| {
+        let claimed = claim(client, max_runs, stall_timeout_secs)?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = claimed.iter().map(|c| c.run_id.clone()).collect();
+        let mut events = load_events(client, &ids)?;
+        let prior = prior_signal_types(client, &claimed)?;
+        let mut configs: HashMap<String, DetectorConfig> = HashMap::new();
+        let mut recent: HashMap<(String, String), VecDeque<RunMetrics>> = HashMap::new();
+        let mut out = Writes::default();
+        for c in &claimed {
+            let evs = events.remove(&c.run_id).unwrap_or_default();
+            let Some(first) = evs.first() else {
+                out.push_error(c, None, "the run has no events");
+                continue;
+            };
+            let key = (first.agent_id.clone(), first.agent_version.clone());
+            if !configs.contains_key(&key.0) {
+                let cfg = load_config(client, &key.0)?;
+                configs.insert(key.0.clone(), cfg);
+            }
+            if !recent.contains_key(&key) {
+                let r = load_recent(client, &key.0, &key.1, &ids)?;
+                recent.insert(key.clone(), r);
+            }
+            let cfg = &configs[&key.0];
+            let history = recent.get_mut(&key).expect("inserted above");
+            let already = prior.get(&c.run_id).map(Vec::as_slice).unwrap_or(&[]);
+            let first = first.clone();
+            let hist = history.make_contiguous();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pipeline::evaluate(evs, hist, cfg, already)
+            }));
+            match result {
+                Ok(eval) => {
+                    if eval.metrics.completed {
+                        history.push_front(eval.metrics.clone());
+                        history.truncate(BASELINE_WINDOW);
+                    }
+                    out.push(c, eval);
+                }
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown error".into());
+                    pgrx::warning!("dunetrace: could not process run {}: {msg}", c.run_id);
+                    out.push_error(c, Some(&first), &msg);
+                }
+            }
+        }
+        out.write(client)?;
+        Ok(claimed.len() as i32)
+    })
+}
+
+fn claim(
+    client: &mut SpiClient<'_>,
+    max_runs: i32,
+    stall_timeout_secs: i32,
+) -> Result<Vec<Claimed>, SpiError> {
+    let rows = client.update(
+        "SELECT run_id, COALESCE(terminal_event, 'stalled'), processed_trigger IS NOT NULL \
+         FROM dunetrace.runs \
+         WHERE (processed_trigger IS NULL \
+                OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL)) \
+           AND (terminal_event IS NOT NULL \
+                OR (has_started AND last_received_at <= now() - make_interval(secs => $2))) \
+         ORDER BY last_seq \
+         LIMIT $1 \
+         FOR UPDATE SKIP LOCKED",
+        None,
+        &[max_runs.into(), f64::from(stall_timeout_secs).into()],
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(Claimed {
+            run_id: row.get(1)?.unwrap_or_default(),
+            trigger: row.get(2)?.unwrap_or_default(),
+            reevaluated: row.get(3)?.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+fn load_events(
+    client: &mut SpiClient<'_>,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<Event>>, SpiError> {
+    let rows = client.select(
+        "SELECT run_id, event_type, step_index, \"timestamp\", payload::text, agent_id, \
+                agent_version, parent_run_id \
+         FROM dunetrace.events WHERE run_id = ANY($1) ORDER BY id",
+        None,
+        &[ids.to_vec().into()],
+    )?;
+    let mut out: HashMap<String, Vec<Event>> = HashMap::new();
+    for row in rows {
+        let run_id: String = row.get(1)?.unwrap_or_default();
+        let type_name: String = row.get(2)?.unwrap_or_default();
+        let Some(event_type) = EventType::parse(&type_name) else {
+            continue;
+        };
+        let payload_text: String = row.get(5)?.unwrap_or_default();
+        let payload = match serde_json::from_str::<Value>(&payload_text) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        out.entry(run_id.clone()).or_default().push(Event {
+            event_type,
+            run_id,
+            agent_id: row.get(6)?.unwrap_or_default(),
+            agent_version: row.get(7)?.unwrap_or_default(),
+            step_index: row.get(3)?.unwrap_or_default(),
+            timestamp: row.get(4)?.unwrap_or_default(),
+            payload,
+            parent_run_id: row.get(8)?,
+        });
+    }
+    Ok(out)
+}
+
+fn prior_signal_types(
+    client: &mut SpiClient<'_>,
+    claimed: &[Claimed],
+) -> Result<HashMap<String, Vec<String>>, SpiError> {
+    let again: Vec<String> = claimed
+        .iter()
+        .filter(|c| c.reevaluated)
+        .map(|c| c.run_id.clone())
+        .collect();
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    if again.is_empty() {
+        return Ok(out);
+    }
+    let rows = client.select(
+        "SELECT run_id, failure_type FROM dunetrace.failure_signals WHERE run_id = ANY($1)",
+        None,
+        &[again.into()],
+    )?;
+    for row in rows {
+        let run: String = row.get(1)?.unwrap_or_default();
+        out.entry(run)
+            .or_default()
+            .push(row.get(2)?.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// The agent's effective detector configuration: `'default'` rows, then the agent's own.
+pub fn load_config(client: &SpiClient<'_>, agent_id: &str) -> Result<DetectorConfig, SpiError> {
+    let rows = client.select(
+        "SELECT detector, params::text FROM dunetrace.detector_settings \
+         WHERE agent_id IN ('default', $1) ORDER BY agent_id <> 'default', detector",
+        None,
+        &[agent_id.into()],
+    )?;
+    let mut layers: Vec<(String, Map<String, Value>)> = Vec::new();
+    for row in rows {
+        let detector: String = row.get(1)?.unwrap_or_default();
+        let text: String = row.get(2)?.unwrap_or_default();
+        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&text) {
+            layers.push((detector, m));
+        }
+    }
+    Ok(DetectorConfig::from_layers(
+        layers.iter().map(|(d, m)| (d.as_str(), m)),
+    ))
+}
+
+fn load_recent(
+    client: &SpiClient<'_>,
+    agent_id: &str,
+    agent_version: &str,
+    exclude: &[String],
+) -> Result<VecDeque<RunMetrics>, SpiError> {
+    let rows = client.select(
+        "SELECT metrics::text FROM dunetrace.processed_runs \
+         WHERE agent_id = $1 AND agent_version = $2 AND completed AND run_id <> ALL($3) \
+         ORDER BY seq DESC LIMIT $4",
+        None,
+        &[
+            agent_id.into(),
+            agent_version.into(),
+            exclude.to_vec().into(),
+            (BASELINE_WINDOW as i64).into(),
+        ],
+    )?;
+    let mut out = VecDeque::new();
+    for row in rows {
+        let text: Option<String> = row.get(1)?;
+        if let Some(m) = text
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| RunMetrics::from_json(&v))
+        {
+            out.push_back(m);
+        }
+    }
+    Ok(out)
+}
+
+/// Everything one batch writes, as column arrays for `unnest`.
+#[derive(Default)]
+struct Writes {
+    // failure_signals
+    s_type: Vec<String>,
+    s_severity: Vec<String>,
+    s_run: Vec<String>,
+    s_agent: Vec<String>,
+    s_version: Vec<String>,
+    s_step: Vec<i32>,
+    s_conf: Vec<f64>,
+    s_evidence: Vec<String>,
+    s_shadow: Vec<bool>,
+    s_co: Vec<i32>,
+    // processed_runs
+    p_run: Vec<String>,
+    p_agent: Vec<String>,
+    p_version: Vec<String>,
+    p_count: Vec<i32>,
+    p_trigger: Vec<String>,
+    p_error: Vec<Option<String>>,
+    p_completed: Vec<bool>,
+    p_metrics: Vec<Option<String>>,
+}
+
+impl Writes {
+    fn push(&mut self, c: &Claimed, e: Evaluation) {
+        for s in &e.signals {
+            self.s_type.push(s.failure_type.as_str().into());
+            self.s_severity.push(s.severity.as_str().into());
+            self.s_run.push(e.run_id.clone());
+            self.s_agent.push(e.agent_id.clone());
+            self.s_version.push(e.agent_version.clone());
+            self.s_step.push(s.step_index);
+            self.s_conf.push(s.confidence);
+            self.s_evidence
+                .push(Value::Object(s.evidence.clone()).to_string());
+            self.s_shadow.push(s.shadow);
+            self.s_co.push(s.co_signal_count);
+        }
+        self.p_run.push(c.run_id.clone());
+        self.p_agent.push(e.agent_id);
+        self.p_version.push(e.agent_version);
+        self.p_count.push(e.signals.len() as i32);
+        self.p_trigger.push(c.trigger.clone());
+        self.p_error.push(None);
+        self.p_completed.push(e.metrics.completed);
+        self.p_metrics.push(Some(e.metrics.to_json().to_string()));
+    }
+
+    fn push_error(&mut self, c: &Claimed, first: Option<&Event>, msg: &str) {
+        self.p_run.push(c.run_id.clone());
+        self.p_agent
+            .push(first.map(|e| e.agent_id.clone()).unwrap_or_default());
+        self.p_version
+            .push(first.map(|e| e.agent_version.clone()).unwrap_or_default());
+        self.p_count.push(0);
+        self.p_trigger.push(c.trigger.clone());
+        self.p_error.push(Some(msg.to_string()));
+        self.p_completed.push(false);
+        self.p_metrics.push(None);
+    }
+
+    fn write(self, client: &mut SpiClient<'_>) -> Result<(), SpiError> {
+        if !self.s_type.is_empty() {
+            client.update(
+                "INSERT INTO dunetrace.failure_signals (failure_type, severity, run_id, agent_id, \
+                     agent_version, step_index, confidence, evidence, shadow, co_signal_count) \
+                 SELECT t, sv, r, a, v, st, c, e::jsonb, sh, co \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                             $6::int4[], $7::float8[], $8::text[], $9::bool[], $10::int4[]) \
+                      AS u(t, sv, r, a, v, st, c, e, sh, co)",
+                None,
+                &[
+                    self.s_type.into(),
+                    self.s_severity.into(),
+                    self.s_run.into(),
+                    self.s_agent.into(),
+                    self.s_version.into(),
+                    self.s_step.into(),
+                    self.s_conf.into(),
+                    self.s_evidence.into(),
+                    self.s_shadow.into(),
+                    self.s_co.into(),
+                ],
+            )?;
+        }
+        client.update(
+            "INSERT INTO dunetrace.processed_runs AS p (run_id, agent_id, agent_version, \
+                 signal_count, trigger, error, completed, metrics) \
+             SELECT r, a, v, n, t, err, c, m::jsonb \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], \
+                         $6::text[], $7::bool[], $8::text[]) AS u(r, a, v, n, t, err, c, m) \
+             ON CONFLICT (run_id) DO UPDATE SET \
+                 processed_at = now(), \
+                 signal_count = p.signal_count + excluded.signal_count, \
+                 trigger = excluded.trigger, \
+                 error = excluded.error, \
+                 completed = excluded.completed, \
+                 metrics = excluded.metrics, \
+                 seq = nextval('dunetrace.processed_runs_seq')",
+            None,
+            &[
+                self.p_run.clone().into(),
+                self.p_agent.into(),
+                self.p_version.into(),
+                self.p_count.into(),
+                self.p_trigger.clone().into(),
+                self.p_error.into(),
+                self.p_completed.into(),
+                self.p_metrics.into(),
+            ],
+        )?;
+        client.update(
+            "UPDATE dunetrace.runs AS r SET processed_trigger = u.t \
+             FROM unnest($1::text[], $2::text[]) AS u(id, t) WHERE r.run_id = u.id",
+            None,
+            &[self.p_run.into(), self.p_trigger.into()],
+        )?;
+        Ok(())
+    }
+}
