@@ -196,3 +196,12 @@ CREATE TABLE dunetrace.deliveries (
 CREATE INDEX deliveries_due_idx ON dunetrace.deliveries (next_attempt_at)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX deliveries_signal_idx ON dunetrace.deliveries (signal_id);
+
+-- Langfuse credentials for apply_fix(). Only the extension owner reads this table.
+CREATE TABLE dunetrace.langfuse_settings (
+    id          boolean     PRIMARY KEY DEFAULT true CHECK (id),
+    host        text        NOT NULL,
+    public_key  text        NOT NULL,
+    secret_key  text        NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);

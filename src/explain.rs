@@ -105,6 +105,7 @@ fn explain(signal_id: i64) -> pgrx::JsonB {
     out.insert("confidence".into(), s.confidence.into());
     out.insert("detected_at".into(), s.detected_at.into());
     out.insert("shadow".into(), s.shadow.into());
+    out.insert("alerted".into(), s.alerted.into());
     out.insert("co_signal_count".into(), s.co_signal_count.into());
     if let Value::Object(m) = e.to_json() {
         out.extend(m);

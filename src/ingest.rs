@@ -42,6 +42,9 @@ fn ingest_text(api_key: Option<&str>, events: Option<&str>) -> pgrx::JsonB {
     }
     let batch_id = ids::uuid_v4(&random_bytes::<16>());
     store(&batch_id, &events);
+    if events.iter().any(|e| e.event_type.is_terminal()) {
+        crate::wake::wake_worker_on_commit();
+    }
     pgrx::JsonB(serde_json::json!({"accepted": events.len(), "batch_id": batch_id}))
 }
 

@@ -5,13 +5,21 @@
 
 use pgrx::prelude::*;
 
+mod alerts;
 mod config;
+mod digest;
+mod dispatch;
 mod errors;
 mod explain;
+mod fixes;
+mod http;
 mod ingest;
+mod issues;
 mod keys;
 mod process;
 mod settings;
+mod wake;
+mod worker;
 
 pgrx::pg_module_magic!(name, version);
 
@@ -21,6 +29,11 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    // SAFETY: plain read of a flag the postmaster sets.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        wake::init();
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

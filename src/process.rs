@@ -6,7 +6,8 @@
 //! and each run's baselines include the runs evaluated before it in the same batch.
 
 use crate::errors::invalid;
-use crate::settings;
+use crate::explain::StoredSignal;
+use crate::{alerts, issues, settings, wake};
 use dunetrace_core::baseline::{RunMetrics, BASELINE_WINDOW};
 use dunetrace_core::detect::DetectorConfig;
 use dunetrace_core::event::{Event, EventType};
@@ -268,10 +269,20 @@ struct Writes {
     p_error: Vec<Option<String>>,
     p_completed: Vec<bool>,
     p_metrics: Vec<Option<String>>,
+    // issues: (agent, live types) per successfully evaluated run, in processing order
+    issue_runs: Vec<(String, Vec<String>)>,
 }
 
 impl Writes {
     fn push(&mut self, c: &Claimed, e: Evaluation) {
+        self.issue_runs.push((
+            e.agent_id.clone(),
+            e.signals
+                .iter()
+                .filter(|s| !s.shadow)
+                .map(|s| s.failure_type.as_str().to_string())
+                .collect(),
+        ));
         for s in &e.signals {
             self.s_type.push(s.failure_type.as_str().into());
             self.s_severity.push(s.severity.as_str().into());
@@ -309,14 +320,48 @@ impl Writes {
     }
 
     fn write(self, client: &mut SpiClient<'_>) -> Result<(), SpiError> {
+        let mut stored: Vec<StoredSignal> = Vec::new();
         if !self.s_type.is_empty() {
+            let n = self.s_type.len() as i64;
+            let row = client
+                .select(
+                    "SELECT array_agg(nextval(pg_get_serial_sequence('dunetrace.failure_signals', 'id'))), \
+                            extract(epoch FROM now())::float8 \
+                     FROM generate_series(1, $1)",
+                    Some(1),
+                    &[n.into()],
+                )?
+                .first();
+            let ids: Vec<i64> = row.get(1)?.unwrap_or_default();
+            let now: f64 = row.get(2)?.unwrap_or_default();
+            for (i, id) in ids.iter().enumerate() {
+                stored.push(StoredSignal {
+                    id: *id,
+                    failure_type: self.s_type[i].clone(),
+                    severity: self.s_severity[i].clone(),
+                    run_id: self.s_run[i].clone(),
+                    agent_id: self.s_agent[i].clone(),
+                    agent_version: self.s_version[i].clone(),
+                    step_index: self.s_step[i],
+                    confidence: self.s_conf[i],
+                    evidence: match serde_json::from_str(&self.s_evidence[i]) {
+                        Ok(Value::Object(m)) => m,
+                        _ => Map::new(),
+                    },
+                    detected_at: now,
+                    shadow: self.s_shadow[i],
+                    alerted: false,
+                    co_signal_count: self.s_co[i],
+                });
+            }
             client.update(
-                "INSERT INTO dunetrace.failure_signals (failure_type, severity, run_id, agent_id, \
+                "INSERT INTO dunetrace.failure_signals (id, failure_type, severity, run_id, agent_id, \
                      agent_version, step_index, confidence, evidence, shadow, co_signal_count) \
-                 SELECT t, sv, r, a, v, st, c, e::jsonb, sh, co \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 OVERRIDING SYSTEM VALUE \
+                 SELECT id, t, sv, r, a, v, st, c, e::jsonb, sh, co \
+                 FROM unnest($11::int8[], $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                              $6::int4[], $7::float8[], $8::text[], $9::bool[], $10::int4[]) \
-                      AS u(t, sv, r, a, v, st, c, e, sh, co)",
+                      AS u(id, t, sv, r, a, v, st, c, e, sh, co)",
                 None,
                 &[
                     self.s_type.into(),
@@ -329,6 +374,7 @@ impl Writes {
                     self.s_evidence.into(),
                     self.s_shadow.into(),
                     self.s_co.into(),
+                    ids.into(),
                 ],
             )?;
         }
@@ -364,6 +410,11 @@ impl Writes {
             None,
             &[self.p_run.into(), self.p_trigger.into()],
         )?;
+        let muted = issues::update(client, &self.issue_runs)?;
+        if stored.iter().any(|s| !s.shadow) {
+            alerts::enqueue(client, &stored, &muted)?;
+            wake::wake_worker_on_commit();
+        }
         Ok(())
     }
 }

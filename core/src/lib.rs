@@ -10,6 +10,7 @@ pub mod event;
 pub mod explain;
 pub mod format;
 pub mod ids;
+pub mod issues;
 pub mod patterns;
 pub mod pipeline;
 pub mod pyround;

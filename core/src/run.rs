@@ -10,6 +10,9 @@ use std::collections::HashSet;
 /// One LLM call: an `llm.responded`, paired with the most recent pending `llm.called` (LIFO).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LlmCall {
+    /// The paired call's `model` (the response's when unpaired); `"unknown"` when that payload
+    /// has no `model` key, `None` when it is an explicit `null` (the original's
+    /// `payload.get("model", "unknown")`).
     pub model: Option<String>,
     /// The call's `prompt_tokens` if non-zero, else the response's, else `None`.
     pub prompt_tokens: Option<i64>,
@@ -43,7 +46,9 @@ pub struct Retrieval {
     pub index_name: String,
     /// Defaults to 0.
     pub result_count: i64,
-    pub top_score: Option<f64>,
+    /// The payload's number as sent: an integer stays a JSON integer in evidence, as it did in
+    /// the original (which copied the payload value).
+    pub top_score: Option<serde_json::Number>,
     pub step_index: i32,
 }
 
@@ -76,12 +81,13 @@ pub struct RunState {
     pub run_id: String,
     pub agent_id: String,
     pub agent_version: String,
-    /// `run.started.payload.tools` (default empty).
+    /// `run.started.payload.tools` (default empty); the last `run.started` wins.
     pub available_tools: Vec<String>,
-    /// `run.started.payload.input_hash`.
+    /// `run.started.payload.input_hash`; the last `run.started` wins.
     pub input_hash: Option<String>,
-    /// `run.completed` → payload `exit_reason` (default `"completed"`); `run.errored` →
-    /// `"error"`; no terminal event → `None` (stalled runs).
+    /// `run.completed` → payload `exit_reason` (default `"completed"`, `None` for an explicit
+    /// `null`); `run.errored` → `"error"`; the last terminal event in load order wins, as in
+    /// the original's builder. No terminal event → `None` (stalled runs).
     pub exit_reason: Option<String>,
     pub llm_calls: Vec<LlmCall>,
     pub tool_calls: Vec<ToolCall>,
@@ -93,7 +99,7 @@ pub struct RunState {
     pub current_step: i32,
     /// Step → duration in ms, in first-insertion order, first write wins.
     pub step_durations_ms: Vec<(i32, i64)>,
-    /// `run.started.payload.injection_signal` when it is a non-empty object.
+    /// The first `run.started` (in load order) whose `injection_signal` is a non-empty object.
     pub injection_signal: Option<Map<String, Value>>,
     pub baselines: Baselines,
 }
@@ -140,6 +146,14 @@ fn str_value(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str).map(str::to_owned)
 }
 
+/// `payload.get("model", "unknown")`: a missing key gives `"unknown"`, `null` gives `None`.
+fn model_of(p: &Map<String, Value>) -> Option<String> {
+    match p.get("model") {
+        None => Some("unknown".to_owned()),
+        Some(v) => str_value(Some(v)),
+    }
+}
+
 /// The gap between two timestamps in whole milliseconds, truncated toward zero.
 fn gap_ms(from: f64, to: f64) -> i64 {
     ((to - from) * 1000.0).trunc() as i64
@@ -163,7 +177,6 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
         run.agent_version = first.agent_version.clone();
     }
 
-    let mut seen_started = false;
     // Indices into `events` of the `llm.called` events still waiting for a response.
     let mut pending_llm: Vec<usize> = Vec::new();
 
@@ -171,10 +184,9 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
         let p = &e.payload;
         match e.event_type {
             EventType::RunStarted => {
-                if seen_started {
-                    continue;
-                }
-                seen_started = true;
+                // The original's builder overwrites these on every run.started (last wins);
+                // its worker takes the injection evidence from the first run.started that
+                // carries a non-empty one.
                 run.available_tools = p
                     .get("tools")
                     .and_then(Value::as_array)
@@ -186,24 +198,21 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
                     })
                     .unwrap_or_default();
                 run.input_hash = str_value(p.get("input_hash"));
-                run.injection_signal = p
-                    .get("injection_signal")
-                    .and_then(Value::as_object)
-                    .filter(|m| !m.is_empty())
-                    .cloned();
+                if run.injection_signal.is_none() {
+                    run.injection_signal = p
+                        .get("injection_signal")
+                        .and_then(Value::as_object)
+                        .filter(|m| !m.is_empty())
+                        .cloned();
+                }
             }
             EventType::RunCompleted => {
-                if run.exit_reason.is_none() {
-                    run.exit_reason = Some(
-                        str_value(p.get("exit_reason")).unwrap_or_else(|| "completed".to_owned()),
-                    );
-                }
+                run.exit_reason = match p.get("exit_reason") {
+                    None => Some("completed".to_owned()),
+                    Some(v) => str_value(Some(v)),
+                };
             }
-            EventType::RunErrored => {
-                if run.exit_reason.is_none() {
-                    run.exit_reason = Some("error".to_owned());
-                }
-            }
+            EventType::RunErrored => run.exit_reason = Some("error".to_owned()),
             EventType::LlmCalled => pending_llm.push(idx),
             EventType::LlmResponded => {
                 let call = pending_llm.pop().map(|i| &events[i]);
@@ -211,10 +220,7 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
                     .and_then(|c| int_value(c.payload.get("prompt_tokens")))
                     .filter(|t| *t != 0);
                 run.llm_calls.push(LlmCall {
-                    model: match call {
-                        Some(c) => str_value(c.payload.get("model")),
-                        None => str_value(p.get("model")),
-                    },
+                    model: model_of(call.map_or(p, |c| &c.payload)),
                     prompt_tokens: call_tokens.or_else(|| int_value(p.get("prompt_tokens"))),
                     completion_tokens: int_value(p.get("completion_tokens")),
                     finish_reason: str_value(p.get("finish_reason")),
@@ -236,10 +242,9 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
                 let Some(success) = p.get("success").and_then(Value::as_bool) else {
                     continue;
                 };
-                let name = p
-                    .get("tool_name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown");
+                // The original defaults a response's name to "" (not "unknown"), so a
+                // response without `tool_name` back-fills only a call named "".
+                let name = p.get("tool_name").and_then(Value::as_str).unwrap_or("");
                 if let Some(tc) = run
                     .tool_calls
                     .iter_mut()
@@ -253,7 +258,10 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
             EventType::RetrievalResponded => run.retrievals.push(Retrieval {
                 index_name: str_value(p.get("index_name")).unwrap_or_else(|| "unknown".to_owned()),
                 result_count: int_value(p.get("result_count")).unwrap_or(0),
-                top_score: p.get("top_score").and_then(Value::as_f64),
+                top_score: p.get("top_score").and_then(|v| match v {
+                    Value::Number(n) => Some(n.clone()),
+                    _ => None,
+                }),
                 step_index: e.step_index,
             }),
             EventType::ExternalSignal => run.external_signals.push(ExternalSignal {
@@ -497,11 +505,22 @@ mod tests {
 
     #[test]
     fn paired_call_model_comes_from_the_call() {
+        // Paired: the call's model, "unknown" when the call has none (the response's is
+        // ignored), None for an explicit null. Unpaired: the response's, same defaults.
         let run = build_run(vec![
             ev(LlmCalled, 1, 1.0, json!({"prompt_tokens": 5})),
             ev(LlmResponded, 1, 2.0, json!({"model": "resp-model"})),
+            ev(LlmCalled, 2, 3.0, json!({"model": null})),
+            ev(LlmResponded, 2, 4.0, json!({"model": "resp-model"})),
+            ev(LlmResponded, 3, 5.0, json!({})),
+            ev(LlmResponded, 4, 6.0, json!({"model": null})),
+            ev(LlmResponded, 5, 7.0, json!({"model": "own"})),
         ]);
-        assert_eq!(run.llm_calls[0].model, None);
+        let models: Vec<Option<&str>> = run.llm_calls.iter().map(|c| c.model.as_deref()).collect();
+        assert_eq!(
+            models,
+            vec![Some("unknown"), None, Some("unknown"), None, Some("own")]
+        );
     }
 
     fn tokens(call: Value, resp: Value) -> Option<i64> {
@@ -585,9 +604,17 @@ mod tests {
                 8.0,
                 json!({"tool_name": "zzz", "success": true}),
             ),
-            // Defaults.
+            // Defaults: the call is named "unknown", a response without a name is "" and
+            // back-fills nothing here.
             ev(ToolCalled, 9, 9.0, json!({})),
             ev(ToolResponded, 9, 9.5, json!({"success": false})),
+            // A response named "unknown" does match it.
+            ev(
+                ToolResponded,
+                9,
+                9.6,
+                json!({"tool_name": "unknown", "success": true}),
+            ),
         ]);
         let tc = &run.tool_calls;
         assert_eq!(tc.len(), 4);
@@ -600,7 +627,7 @@ mod tests {
         assert_eq!(tc[2].args_hash, "");
         assert_eq!(tc[2].success, None);
         assert_eq!(tc[3].tool_name, "unknown");
-        assert_eq!(tc[3].success, Some(false));
+        assert_eq!(tc[3].success, Some(true));
         assert_eq!((tc[3].step_index, tc[3].timestamp), (9, 9.0));
     }
 
@@ -730,20 +757,66 @@ mod tests {
     }
 
     #[test]
-    fn exit_reason_from_first_terminal_and_errored() {
-        let errored = build_run(vec![
+    fn exit_reason_from_last_terminal_and_errored() {
+        // The original's builder overwrites exit_reason on every terminal event, so the last
+        // one in load order wins.
+        let errored_then_completed = build_run(vec![
             ev(RunStarted, 0, 0.0, json!({})),
             ev(RunErrored, 1, 2.0, json!({"error_type": "E"})),
             ev(RunCompleted, 1, 3.0, json!({"exit_reason": "final_answer"})),
         ]);
-        assert_eq!(errored.exit_reason.as_deref(), Some("error"));
-        let completed = build_run(vec![
+        assert_eq!(
+            errored_then_completed.exit_reason.as_deref(),
+            Some("final_answer")
+        );
+        let completed_then_errored = build_run(vec![
             ev(RunCompleted, 1, 1.0, json!({"exit_reason": "final_answer"})),
             ev(RunErrored, 1, 2.0, json!({})),
         ]);
-        assert_eq!(completed.exit_reason.as_deref(), Some("final_answer"));
+        assert_eq!(completed_then_errored.exit_reason.as_deref(), Some("error"));
+        let errored = build_run(vec![ev(RunErrored, 1, 2.0, json!({}))]);
+        assert_eq!(errored.exit_reason.as_deref(), Some("error"));
         let stalled = build_run(vec![started(json!([]))]);
         assert_eq!(stalled.exit_reason, None);
+        // Missing exit_reason defaults to "completed"; an explicit null stays None
+        // (`payload.get("exit_reason", "completed")`).
+        let default = build_run(vec![ev(RunCompleted, 1, 1.0, json!({}))]);
+        assert_eq!(default.exit_reason.as_deref(), Some("completed"));
+        let null = build_run(vec![ev(RunCompleted, 1, 1.0, json!({"exit_reason": null}))]);
+        assert_eq!(null.exit_reason, None);
+    }
+
+    #[test]
+    fn last_run_started_sets_tools_first_injection_wins() {
+        let run = build_run(vec![
+            ev(
+                RunStarted,
+                0,
+                0.0,
+                json!({"tools": ["a"], "input_hash": "1111111111111111"}),
+            ),
+            ev(
+                RunStarted,
+                0,
+                0.5,
+                json!({"tools": ["b"], "input_hash": "2222222222222222",
+                       "injection_signal": {"matched_pattern_count": 1}}),
+            ),
+            ev(
+                RunStarted,
+                0,
+                0.7,
+                json!({"tools": ["c"], "injection_signal": {"matched_pattern_count": 3}}),
+            ),
+        ]);
+        assert_eq!(run.available_tools, vec!["c".to_string()]);
+        assert_eq!(run.input_hash, None);
+        assert_eq!(
+            run.injection_signal
+                .as_ref()
+                .and_then(|m| m.get("matched_pattern_count")),
+            Some(&json!(1))
+        );
     }
 
     #[test]
@@ -780,7 +853,7 @@ mod tests {
                 Retrieval {
                     index_name: "docs".into(),
                     result_count: 4,
-                    top_score: Some(0.75),
+                    top_score: serde_json::Number::from_f64(0.75),
                     step_index: 1
                 },
                 Retrieval {
@@ -792,10 +865,12 @@ mod tests {
                 Retrieval {
                     index_name: "unknown".into(),
                     result_count: 0,
-                    top_score: Some(1.0),
+                    top_score: Some(1.into()),
                     step_index: 3
                 },
             ]
         );
+        // An integer score stays an integer (the original copied the payload value).
+        assert!(run.retrievals[2].top_score.as_ref().unwrap().is_i64());
     }
 }

@@ -30,9 +30,11 @@ pub fn llm_truncation_loop(run: &RunState, p: &LlmTruncationLoopParams) -> Optio
     }
     let (first, last) = (truncated.first()?, truncated.last()?);
     let tokens: Vec<i64> = truncated.iter().filter_map(|c| c.prompt_tokens).collect();
+    // `sorted({c.model for c in truncated if c.model})`: empty names are falsy and left out.
     let mut models: Vec<&str> = truncated
         .iter()
         .filter_map(|c| c.model.as_deref())
+        .filter(|m| !m.is_empty())
         .collect();
     models.sort_unstable();
     models.dedup();
@@ -95,7 +97,7 @@ pub fn context_bloat(run: &RunState, p: &ContextBloatParams) -> Option<Signal> {
         "token_growth_sequence" => sequence,
     };
     if let Some(b) = baseline {
-        ev.insert("baseline_p75".into(), json!(b));
+        ev.insert("baseline_p75".into(), json!(round(b, 2)));
     }
     Some(Signal::new(
         FailureType::ContextBloat,
@@ -171,7 +173,7 @@ pub fn reasoning_stall(run: &RunState, p: &ReasoningStallParams) -> Option<Signa
         "event_sequence" => sequence,
     };
     if let Some(b) = baseline {
-        ev.insert("baseline_p75".into(), json!(b));
+        ev.insert("baseline_p75".into(), json!(round(b, 2)));
     }
     Some(Signal::new(
         FailureType::ReasoningStall,
@@ -182,8 +184,9 @@ pub fn reasoning_stall(run: &RunState, p: &ReasoningStallParams) -> Option<Signa
     ))
 }
 
-/// COST_SPIKE: total prompt + completion tokens ≥ the token threshold (static, or
-/// int(P75 total × inflation factor)).
+/// COST_SPIKE: total prompt + completion tokens ≥ the token threshold (static, or P75 total ×
+/// inflation factor). The comparison and the ratio use the threshold as a float; only the
+/// evidence reports `int(threshold)` (and `int(p75)`).
 pub fn cost_spike(run: &RunState, p: &CostSpikeParams) -> Option<Signal> {
     if (run.llm_calls.len() as i64) < p.min_llm_calls {
         return None;
@@ -201,18 +204,18 @@ pub fn cost_spike(run: &RunState, p: &CostSpikeParams) -> Option<Signal> {
         return None;
     }
     let baseline = run.baselines.total_tokens;
-    let threshold: i64 = match baseline {
-        // Python int(): truncation toward zero.
-        Some(b) => (b * p.inflation_factor) as i64,
-        None => p.static_threshold_tokens,
+    let threshold: f64 = match baseline {
+        Some(b) => b * p.inflation_factor,
+        None => p.static_threshold_tokens as f64,
     };
-    if total < threshold {
+    if (total as f64) < threshold {
         return None;
     }
-    let ratio = total as f64 / threshold.max(1) as f64;
+    let ratio = total as f64 / threshold.max(1.0);
     let mut ev = evidence! {
         "total_tokens" => total,
-        "threshold" => threshold,
+        // Python int(): truncation toward zero (saturating here).
+        "threshold" => threshold as i64,
         "inflation_ratio" => round(ratio, 2),
         "llm_calls" => run.llm_calls.len(),
     };
@@ -330,6 +333,22 @@ mod tests {
                 "models": ["alpha", "zeta"],
             }),
         );
+    }
+
+    #[test]
+    fn truncation_models_skip_empty_names() {
+        // `if c.model`: an empty name is falsy; "unknown" (the builder's default) is kept.
+        let mut calls = vec![
+            call(1, Some(10), "length"),
+            call(2, Some(10), "length"),
+            call(3, Some(10), "length"),
+        ];
+        calls[0].model = Some(String::new());
+        calls[1].model = Some("unknown".into());
+        calls[2].model = None;
+        let s =
+            llm_truncation_loop(&run_with(calls, 3), &LlmTruncationLoopParams::default()).unwrap();
+        assert_eq!(s.evidence["models"], json!(["unknown"]));
     }
 
     #[test]
@@ -511,6 +530,22 @@ mod tests {
             s.confidence,
             f64::min(1.0, 0.5 + (2345.0 / 700.0 / 2.2 - 1.0) * 0.4),
         );
+    }
+
+    #[test]
+    fn baseline_p75_evidence_is_rounded_to_two_places() {
+        // The original reports round(p75, 2) for CONTEXT_BLOAT and REASONING_STALL.
+        let mut run = bloat_run(&[Some(100), Some(1000), Some(5000)]);
+        run.baselines.token_growth = Some(2.456789);
+        let s = context_bloat(&run, &ContextBloatParams::default()).unwrap();
+        assert_eq!(s.evidence["baseline_p75"], json!(2.46));
+        assert_eq!(s.evidence["threshold_factor"], json!(4.91));
+
+        let mut run = stall_run(10, 3, Some("final_answer"));
+        run.baselines.llm_tool_ratio = Some(1.23456);
+        let s = reasoning_stall(&run, &ReasoningStallParams::default()).unwrap();
+        assert_eq!(s.evidence["baseline_p75"], json!(1.23));
+        assert_eq!(s.evidence["threshold"], json!(2.47));
     }
 
     // ---------------------------------------------------------------- EMPTY_LLM_RESPONSE
@@ -754,11 +789,12 @@ mod tests {
     #[test]
     fn cost_spike_with_baseline() {
         let mut run = cost_run(&[(Some(9_000), Some(1_000)), (Some(9_000), Some(1_000))]);
-        // Below the static 50,000 but above int(4,000.5 × 3) = 12,001.
+        // Below the static 50,000 but above 4,000.5 × 3 = 12,001.5.
         assert!(cost_spike(&run, &CostSpikeParams::default()).is_none());
         run.baselines.total_tokens = Some(4_000.5);
         let s = cost_spike(&run, &CostSpikeParams::default()).unwrap();
-        close(s.confidence, 0.5 + (20_000.0 / 12_001.0 - 1.0) * 0.4);
+        // The ratio divides by the float threshold, not by int(threshold).
+        close(s.confidence, 0.5 + (20_000.0 / 12_001.5 - 1.0) * 0.4);
         assert_evidence(
             &s,
             json!({
@@ -769,15 +805,26 @@ mod tests {
                 "baseline_p75": 4_000,
             }),
         );
-        // The threshold is truncated: 12,001 tokens reach int(12,001.5).
-        let mut at = cost_run(&[(Some(12_000), Some(1))]);
-        at.baselines.total_tokens = Some(4_000.5);
-        let s = cost_spike(&at, &CostSpikeParams::default()).unwrap();
-        close(s.confidence, 0.5);
-        assert_eq!(s.evidence["inflation_ratio"], json!(1.0));
-        let mut below = cost_run(&[(Some(12_000), None)]);
+        // The comparison is against the float threshold 12,001.5: 12,001 tokens (which would
+        // reach int(12,001.5)) do not fire, 12,002 do.
+        let mut below = cost_run(&[(Some(12_000), Some(1))]);
         below.baselines.total_tokens = Some(4_000.5);
         assert!(cost_spike(&below, &CostSpikeParams::default()).is_none());
+        let mut above = cost_run(&[(Some(12_000), Some(2))]);
+        above.baselines.total_tokens = Some(4_000.5);
+        let s = cost_spike(&above, &CostSpikeParams::default()).unwrap();
+        close(s.confidence, 0.5 + (12_002.0 / 12_001.5 - 1.0) * 0.4);
+        assert_eq!(s.evidence["threshold"], json!(12_001));
+        assert_eq!(s.evidence["inflation_ratio"], json!(1.0));
+        // Exactly at an integral threshold fires.
+        let mut at = cost_run(&[(Some(12_000), None)]);
+        at.baselines.total_tokens = Some(4_000.0);
+        close(
+            cost_spike(&at, &CostSpikeParams::default())
+                .unwrap()
+                .confidence,
+            0.5,
+        );
     }
 
     #[test]

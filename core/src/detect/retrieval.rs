@@ -14,7 +14,13 @@ pub fn rag_empty_retrieval(run: &RunState, p: &RagEmptyRetrievalParams) -> Optio
     let bad: Vec<_> = run
         .retrievals
         .iter()
-        .filter(|r| r.result_count < p.min_results || r.top_score.is_some_and(|s| s < p.min_score))
+        .filter(|r| {
+            r.result_count < p.min_results
+                || r.top_score
+                    .as_ref()
+                    .and_then(serde_json::Number::as_f64)
+                    .is_some_and(|s| s < p.min_score)
+        })
         .collect();
     // The bad retrieval with the fewest results; the first one on ties.
     let worst = bad.iter().copied().reduce(|best, r| {
@@ -48,7 +54,7 @@ mod tests {
         Retrieval {
             index_name: index.into(),
             result_count: count,
-            top_score: score,
+            top_score: score.and_then(serde_json::Number::from_f64),
             step_index: step,
         }
     }
@@ -129,6 +135,23 @@ mod tests {
         assert_eq!(s.evidence["index_name"], json!("docs"));
         assert_eq!(s.evidence["top_score"], json!(0.5));
         assert_eq!(s.evidence["bad_retrievals"], json!(1));
+    }
+
+    #[test]
+    fn integer_top_score_stays_an_integer() {
+        // The original copies the payload's top_score into the evidence, so an integer score
+        // (here 0) is reported as the JSON integer 0, not 0.0.
+        let r = answered(vec![Retrieval {
+            index_name: "kb".into(),
+            result_count: 2,
+            top_score: Some(0.into()),
+            step_index: 1,
+        }]);
+        let s = rag_empty_retrieval(&r, &RagEmptyRetrievalParams::default()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&s.evidence).unwrap(),
+            r#"{"index_name":"kb","result_count":2,"top_score":0,"bad_retrievals":1}"#
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub fn tool_loop(run: &RunState, p: &ToolLoopParams) -> Option<Signal> {
         .iter()
         .filter(|l| l.step_index > first_step && l.step_index <= last_step)
         .map(|l| l.prompt_tokens.unwrap_or(0))
-        .sum();
+        .fold(0i64, i64::saturating_add);
     let wasted_tokens = if wasted == 0 {
         Value::Null
     } else {
@@ -419,6 +419,19 @@ mod tests {
                 "wasted_tokens": wasted,
             })
         );
+    }
+
+    #[test]
+    fn tool_loop_huge_token_counts_do_not_overflow() {
+        let mut r = run(
+            (1..=5)
+                .map(|i| tc("search", "h", i * 2, Some(true)))
+                .collect(),
+            10,
+        );
+        r.llm_calls = vec![llm(3, Some(i64::MAX)), llm(5, Some(i64::MAX))];
+        let s = tool_loop(&r, &ToolLoopParams::default()).expect("fires");
+        assert_eq!(s.evidence["wasted_tokens"], json!(i64::MAX));
     }
 
     #[test]

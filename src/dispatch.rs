@@ -1,0 +1,204 @@
+//! Sending queued deliveries: claim due rows (SKIP LOCKED) → send over HTTP → record.
+//!
+//! The worker claims in one transaction and commits before any network I/O; the outcome is
+//! recorded in another. A claimed row carries a visibility deadline, so a worker killed between
+//! claim and send leaves a row that is claimed again once the deadline passes: at-least-once,
+//! with the same `webhook-id` on every attempt.
+
+use crate::errors::invalid;
+use crate::http;
+use crate::settings;
+use dunetrace_core::format::webhook;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+/// A claimed delivery with what sending it needs.
+pub struct Claimed {
+    pub id: i64,
+    pub signal_id: Option<i64>,
+    pub kind: String,
+    pub url: String,
+    pub secret: Option<String>,
+    pub webhook_id: String,
+    pub body: String,
+    pub attempts: i32,
+}
+
+/// What one attempt got.
+pub struct Outcome {
+    pub id: i64,
+    pub signal_id: Option<i64>,
+    pub attempts: i32,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// A failed attempt that never reached a server.
+    pub fn failed(c: &Claimed, error: &str) -> Outcome {
+        Outcome {
+            id: c.id,
+            signal_id: c.signal_id,
+            attempts: c.attempts,
+            http_status: None,
+            error: Some(error.to_string()),
+        }
+    }
+
+    fn delivered(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Claims up to `limit` due deliveries (inside the current transaction).
+pub fn claim(limit: i32) -> Result<Vec<Claimed>, SpiError> {
+    let visibility = settings::http_timeout().as_secs_f64() + 5.0;
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "UPDATE dunetrace.deliveries d \
+             SET status = 'sending', attempts = d.attempts + 1, \
+                 next_attempt_at = clock_timestamp() + make_interval(secs => $2) \
+             FROM dunetrace.destinations t \
+             WHERE t.id = d.destination_id \
+               AND d.id IN (SELECT q.id FROM dunetrace.deliveries q \
+                            JOIN dunetrace.destinations qt ON qt.id = q.destination_id AND qt.active \
+                            WHERE q.status IN ('pending', 'sending') \
+                              AND q.next_attempt_at <= clock_timestamp() \
+                            ORDER BY q.next_attempt_at, q.id \
+                            LIMIT $1 \
+                            FOR UPDATE OF q SKIP LOCKED) \
+             RETURNING d.id, d.signal_id, t.kind, t.url, t.secret, d.webhook_id, d.body, d.attempts",
+            None,
+            &[limit.into(), visibility.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(Claimed {
+                id: row.get(1)?.unwrap_or_default(),
+                signal_id: row.get(2)?,
+                kind: row.get(3)?.unwrap_or_default(),
+                url: row.get(4)?.unwrap_or_default(),
+                secret: row.get(5)?,
+                webhook_id: row.get(6)?.unwrap_or_default(),
+                body: row.get(7)?.unwrap_or_default(),
+                attempts: row.get(8)?.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    })
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Sends one delivery. Touches no database state.
+pub fn send(c: &Claimed) -> Outcome {
+    let headers = if c.kind == "webhook" {
+        match webhook::headers(&c.body, c.secret.as_deref(), &c.webhook_id, now_secs()) {
+            Ok(h) => h,
+            Err(e) => return Outcome::failed(c, &format!("bad secret: {e}")),
+        }
+    } else {
+        vec![("Content-Type".to_string(), "application/json".to_string())]
+    };
+    let (http_status, error) = match http::post(&c.url, &headers, &c.body, settings::http_timeout())
+    {
+        Ok(r) if (200..300).contains(&r.status) => (Some(i32::from(r.status)), None),
+        Ok(r) => (
+            Some(i32::from(r.status)),
+            Some(format!("HTTP {}", r.status)),
+        ),
+        Err(e) => (None, Some(e)),
+    };
+    Outcome {
+        id: c.id,
+        signal_id: c.signal_id,
+        attempts: c.attempts,
+        http_status,
+        error,
+    }
+}
+
+/// Records outcomes (inside the current transaction): delivered, retry later with
+/// exponential backoff, or failed after the attempt limit.
+pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let max_attempts = settings::HTTP_MAX_ATTEMPTS.get();
+    let backoff_ms = f64::from(settings::HTTP_RETRY_BACKOFF_MS.get());
+    let mut ids = Vec::new();
+    let mut attempts = Vec::new();
+    let mut statuses = Vec::new();
+    let mut codes = Vec::new();
+    let mut errors = Vec::new();
+    let mut delays = Vec::new();
+    let mut alerted = Vec::new();
+    for o in outcomes {
+        ids.push(o.id);
+        attempts.push(o.attempts);
+        codes.push(o.http_status);
+        errors.push(o.error.clone());
+        let status = if o.delivered() {
+            if let Some(s) = o.signal_id {
+                alerted.push(s);
+            }
+            "delivered"
+        } else if o.attempts >= max_attempts {
+            "failed"
+        } else {
+            "pending"
+        };
+        statuses.push(status.to_string());
+        let exp = (o.attempts - 1).clamp(0, 30);
+        delays.push(backoff_ms * f64::from(1u32 << exp) / 1000.0);
+    }
+    Spi::connect_mut(|client| {
+        client.update(
+            "UPDATE dunetrace.deliveries d \
+             SET status = u.st, last_http_status = u.code, last_error = u.err, \
+                 delivered_at = CASE WHEN u.st = 'delivered' THEN clock_timestamp() END, \
+                 next_attempt_at = CASE WHEN u.st = 'pending' \
+                                        THEN clock_timestamp() + make_interval(secs => u.delay) \
+                                        ELSE d.next_attempt_at END \
+             FROM unnest($1::int8[], $2::int4[], $3::text[], $4::int4[], $5::text[], $6::float8[]) \
+                  AS u(id, att, st, code, err, delay) \
+             WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'sending'",
+            None,
+            &[
+                ids.into(),
+                attempts.into(),
+                statuses.into(),
+                codes.into(),
+                errors.into(),
+                delays.into(),
+            ],
+        )?;
+        if !alerted.is_empty() {
+            client.update(
+                "UPDATE dunetrace.failure_signals SET alerted = true WHERE id = ANY($1) AND NOT alerted",
+                None,
+                &[alerted.into()],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Sends due alert deliveries now, inside the caller's transaction (the background worker
+/// does this continuously, committing before it sends). Returns how many were attempted.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn dispatch(max: default!(i32, 100)) -> i32 {
+    if max < 0 {
+        invalid("max must not be negative");
+    }
+    let claimed = claim(max).unwrap_or_else(|e| invalid(format!("dispatch: {e}")));
+    let outcomes: Vec<Outcome> = claimed.iter().map(send).collect();
+    record(&outcomes).unwrap_or_else(|e| invalid(format!("dispatch: {e}")));
+    outcomes.len() as i32
+}

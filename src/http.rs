@@ -1,0 +1,74 @@
+//! Outbound HTTP (alerts, Langfuse) with ureq. Never called while the worker holds locks the
+//! user could wait on.
+
+use std::time::Duration;
+
+/// The outcome of one request that reached a server.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .user_agent("dunetrace")
+        .build()
+        .into()
+}
+
+/// Reads at most 64 KiB of a response body.
+fn read(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    Reply { status, body }
+}
+
+/// POSTs `body` with `headers`; `Err` when no HTTP answer arrived (refused, timeout, TLS).
+pub fn post(
+    url: &str,
+    headers: &[(String, String)],
+    body: &str,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let mut req = agent(timeout).post(url);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req.send(body).map(read).map_err(describe)
+}
+
+/// GETs `url` with `headers`.
+pub fn get(url: &str, headers: &[(String, String)], timeout: Duration) -> Result<Reply, String> {
+    let mut req = agent(timeout).get(url);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req.call().map(read).map_err(describe)
+}
+
+fn describe(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Percent-encodes a URL path segment (everything but unreserved characters).
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
