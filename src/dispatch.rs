@@ -95,8 +95,9 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
-/// Sends one delivery. Touches no database state.
-pub fn send(c: &Claimed) -> Outcome {
+/// Sends one delivery. Touches no database state and no Postgres function, so it may run on
+/// another thread.
+pub fn send(c: &Claimed, timeout: std::time::Duration) -> Outcome {
     let headers = if c.kind == "webhook" {
         match webhook::headers(&c.body, c.secret.as_deref(), &c.webhook_id, now_secs()) {
             Ok(h) => h,
@@ -105,8 +106,7 @@ pub fn send(c: &Claimed) -> Outcome {
     } else {
         vec![("Content-Type".to_string(), "application/json".to_string())]
     };
-    let (http_status, error) = match http::post(&c.url, &headers, &c.body, settings::http_timeout())
-    {
+    let (http_status, error) = match http::post(&c.url, &headers, &c.body, timeout) {
         Ok(r) if (200..300).contains(&r.status) => (Some(i32::from(r.status)), None),
         Ok(r) => (
             Some(i32::from(r.status)),
@@ -198,7 +198,8 @@ fn dispatch(max: default!(i32, 100)) -> i32 {
         invalid("max must not be negative");
     }
     let claimed = claim(max).unwrap_or_else(|e| invalid(format!("dispatch: {e}")));
-    let outcomes: Vec<Outcome> = claimed.iter().map(send).collect();
+    let timeout = settings::http_timeout();
+    let outcomes: Vec<Outcome> = claimed.iter().map(|c| send(c, timeout)).collect();
     record(&outcomes).unwrap_or_else(|e| invalid(format!("dispatch: {e}")));
     outcomes.len() as i32
 }

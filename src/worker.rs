@@ -70,6 +70,8 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
         .and_then(|c| c.into_string().ok())
         .unwrap_or_else(|| "postgres".into());
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // SAFETY: sets this backend's application_name shown in pg_stat_activity.
+    unsafe { pg_sys::pgstat_report_appname(c"dunetrace worker".as_ptr()) };
     wake::publish_worker_latch();
     pgrx::log!("dunetrace worker started in database \"{db}\"");
     let mut wait = Duration::ZERO;
@@ -82,6 +84,11 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
     }
     wake::withdraw_worker_latch();
     pgrx::log!("dunetrace worker stopping");
+    // Exit code 1 asks the postmaster to start the worker again after the restart interval
+    // (unless the server is shutting down), so a worker terminated by pg_terminate_backend()
+    // or DROP DATABASE ... WITH (FORCE) comes back.
+    // SAFETY: ends this background worker process.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// One round of work; returns how long to sleep unless woken.
@@ -146,10 +153,11 @@ fn dispatch_due() {
         if claimed.is_empty() {
             return;
         }
+        let timeout = settings::http_timeout();
         let outcomes: Vec<dispatch::Outcome> = std::thread::scope(|s| {
             let handles: Vec<_> = claimed
                 .iter()
-                .map(|c| s.spawn(move || dispatch::send(c)))
+                .map(|c| s.spawn(move || dispatch::send(c, timeout)))
                 .collect();
             handles
                 .into_iter()

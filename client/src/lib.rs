@@ -1,6 +1,6 @@
 //! # dunetrace-client
 //!
-//! The thin client for [dunetrace](../dunetrace/index.html): an agent reports what it does —
+//! The thin client for dunetrace: an agent reports what it does —
 //! runs, LLM calls, tool calls, retrievals, external signals — and the client turns that into
 //! structural events for `dunetrace.ingest()`, without the agent ever waiting on the database
 //! and without any content leaving the process.
@@ -37,6 +37,8 @@
 //! dt.flush(); // optional: wait (bounded) until the events are in the database
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 mod hash;
 mod run;
@@ -475,7 +477,8 @@ impl Dunetrace {
     /// Stops the client: sends what it can within the flush timeout, then stops the sender.
     /// Events still undelivered, and events emitted afterwards, are dropped and counted in
     /// [`Stats::dropped_shutdown`]. Returns the final counters. Called automatically when
-    /// the last handle is dropped.
+    /// the last handle (client, agent or run) is dropped, which therefore blocks for up to
+    /// the flush timeout while the database is unreachable.
     pub fn shutdown(&self) -> Stats {
         self.inner.shutdown()
     }

@@ -149,6 +149,7 @@ pub struct LlmResponse {
 }
 
 impl LlmResponse {
+    /// A response with nothing known yet.
     pub fn new() -> LlmResponse {
         LlmResponse::default()
     }
@@ -173,16 +174,19 @@ impl LlmResponse {
         self
     }
 
+    /// Tokens generated.
     pub fn completion_tokens(mut self, n: u64) -> LlmResponse {
         self.completion_tokens = Some(n);
         self
     }
 
+    /// Prompt tokens as reported with the response (the call's count is preferred).
     pub fn prompt_tokens(mut self, n: u64) -> LlmResponse {
         self.prompt_tokens = Some(n);
         self
     }
 
+    /// Reasoning tokens, for models that report them.
     pub fn reasoning_tokens(mut self, n: u64) -> LlmResponse {
         self.reasoning_tokens = Some(n);
         self
@@ -275,6 +279,7 @@ pub struct RetrievalResult {
 }
 
 impl RetrievalResult {
+    /// `result_count` results came back from `index_name`.
     pub fn new(index_name: &str, result_count: u64) -> RetrievalResult {
         RetrievalResult {
             index_name: hash::name(index_name),
@@ -314,6 +319,7 @@ pub struct Signal {
 }
 
 impl Signal {
+    /// A signal named `signal_name`, e.g. `rate_limited`, `timeout`, `deploy`.
     pub fn new(signal_name: &str) -> Signal {
         Signal {
             name: hash::name(signal_name),
@@ -322,6 +328,7 @@ impl Signal {
         }
     }
 
+    /// Where the signal came from, e.g. `openai`.
     pub fn source(mut self, source: &str) -> Signal {
         self.source = Some(hash::name(source));
         self

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{admin, dsn, events, new_agent, process_runs, random_hex};
+use common::{admin, dsn, events, new_agent, random_hex, wait_processed};
 use dunetrace_client::{
     canonical_json, Dunetrace, LlmResponse, RetrievalResult, Signal, ToolResult, NO_TOOLS,
 };
@@ -185,7 +185,7 @@ fn a_full_run_arrives_with_steps_hashes_version_and_injection_evidence() {
     );
 
     // The server turns the evidence into a PROMPT_INJECTION_SIGNAL, unchanged.
-    if process_runs(&mut db) {
+    if wait_processed(&mut db, &run_id) {
         let rows = db
             .query(
                 "SELECT evidence::text, severity FROM dunetrace.failure_signals \
@@ -280,7 +280,8 @@ fn no_raw_string_passed_to_the_client_reaches_the_database() {
 
     assert!(dt.flush(), "{:?}", dt.stats());
     assert_eq!(dt.stats().dropped_rejected, 0);
-    process_runs(&mut db);
+    wait_processed(&mut db, &run_id);
+    wait_processed(&mut db, &other_id);
     // Explanations are built from stored evidence; build them too, if this version has them.
     let has_explain: bool = db
         .query_one(
@@ -404,4 +405,34 @@ fn many_runs_from_many_threads_all_arrive_in_batches() {
     assert_eq!(n, 800);
     let final_stats = dt.shutdown();
     assert_eq!(final_stats.dropped_shutdown, 0);
+}
+
+#[test]
+#[ignore = "needs a cluster; scripts/test.sh runs it"]
+fn dropping_the_last_handle_delivers_what_is_pending() {
+    let mut db = admin();
+    let (agent_id, key) = new_agent(&mut db, "drop");
+    let dt = Dunetrace::builder()
+        .dsn(&dsn())
+        .api_key(&key)
+        .linger(Duration::from_secs(10)) // nothing leaves before the drop
+        .build()
+        .unwrap();
+    let run = dt.run(&agent_id, "x", "m", &["t"]);
+    run.tool_called("t", "a");
+    let run_id = run.run_id().to_string();
+    drop(dt); // the run still holds the client
+    run.tool_responded(ToolResult::ok("t"));
+    drop(run); // run.completed, then the client shuts down and sends everything
+    let evs = events(&mut db, &run_id);
+    let types: Vec<&str> = evs.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "run.started",
+            "tool.called",
+            "tool.responded",
+            "run.completed"
+        ]
+    );
 }

@@ -107,6 +107,43 @@ mod tests {
     }
 
     #[test]
+    fn post_processing_order_injection_override_boost_shadow() {
+        // 8 identical search calls (TOOL_LOOP, hard-override loop rule) and an injection
+        // signal on run.started; RETRY_STORM-free. TOOL_LOOP is switched to shadow.
+        let mut evs = vec![ev(
+            EventType::RunStarted,
+            0,
+            0.0,
+            json!({"tools": ["search"], "injection_signal":
+                   {"matched_pattern_count": 1, "matched_patterns": ["jailbreak"], "input_length": 9}}),
+        )];
+        for i in 1..=8 {
+            evs.push(ev(
+                EventType::ToolCalled,
+                i,
+                f64::from(i),
+                json!({"tool_name": "search", "args_hash": "0123456789abcdef"}),
+            ));
+        }
+        evs.push(ev(EventType::RunCompleted, 8, 9.0, json!({})));
+        let mut cfg = DetectorConfig::default();
+        cfg.set_live(detect::FailureType::ToolLoop, false);
+        let e = evaluate(evs, &[], &cfg, &[]);
+        let types: Vec<&str> = e.signals.iter().map(|s| s.failure_type.as_str()).collect();
+        assert_eq!(types, ["TOOL_LOOP", "PROMPT_INJECTION_SIGNAL"]);
+        for s in &e.signals {
+            // Override to CRITICAL/0.98 for every signal, then the n = 2 boost (shadow
+            // signal counted): round(min(1, 0.98 × 1.15), 4) = 1.0.
+            assert_eq!(s.severity, detect::Severity::Critical);
+            assert_eq!(s.confidence, 1.0);
+            assert_eq!(s.co_signal_count, 2);
+        }
+        assert!(e.signals[0].shadow);
+        assert!(!e.signals[1].shadow);
+        assert_eq!(e.signals[1].step_index, 0);
+    }
+
+    #[test]
     fn already_signalled_types_are_not_repeated() {
         let e = evaluate(
             looping_run(),

@@ -79,3 +79,30 @@ pub fn process_runs(admin: &mut Client) -> bool {
     }
     has
 }
+
+/// Processes runs until `run_id` has been processed (another session — the background worker
+/// or a concurrent test — may be processing it at the same moment). Returns false when this
+/// version of the extension cannot process runs.
+pub fn wait_processed(admin: &mut Client, run_id: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if !process_runs(admin) {
+            return false;
+        }
+        let done: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM dunetrace.processed_runs WHERE run_id = $1)",
+                &[&run_id],
+            )
+            .unwrap()
+            .get(0);
+        if done {
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {run_id} was never processed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -86,13 +86,9 @@ pub fn slow_step(run: &RunState, p: &SlowStepParams) -> Option<Signal> {
     if run.step_durations_ms.is_empty() || run.events.is_empty() {
         return None;
     }
-    let first_types = run.step_first_types();
-    let type_of = |step: i32| {
-        first_types
-            .iter()
-            .find(|(s, _)| *s == step)
-            .map(|(_, t)| *t)
-    };
+    let first_types: std::collections::HashMap<i32, EventType> =
+        run.step_first_types().into_iter().collect();
+    let type_of = |step: i32| first_types.get(&step).copied();
 
     // (step, duration, threshold, label, type)
     let mut worst: Option<(i32, i64, i64, &'static str, Option<EventType>)> = None;
