@@ -59,8 +59,10 @@ CREATE TABLE dunetrace.runs (
     max_step           integer     NOT NULL DEFAULT 0,
     first_received_at  timestamptz NOT NULL DEFAULT now(),
     last_received_at   timestamptz NOT NULL DEFAULT now(),
-    -- Ingest order of the run's latest batch: runs are processed in this order.
+    -- Ingest order: the run's latest batch, then the position of its last event in that
+    -- batch. Runs are processed in this order.
     last_seq           bigint      NOT NULL DEFAULT nextval('dunetrace.runs_seq'),
+    last_pos           integer     NOT NULL DEFAULT 0,
     -- NULL until processed; then the trigger it was processed under.
     processed_trigger  text        CHECK (processed_trigger IN ('run.completed', 'run.errored', 'stalled'))
 );

@@ -77,6 +77,7 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
     let mut t_terminal = Vec::with_capacity(touches.len());
     let mut t_count = Vec::with_capacity(touches.len());
     let mut t_max = Vec::with_capacity(touches.len());
+    let mut t_pos = Vec::with_capacity(touches.len());
     for t in touches {
         t_run.push(t.run_id);
         t_agent.push(t.agent_id);
@@ -86,6 +87,7 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
         t_terminal.push(t.terminal.map(|x| x.as_str().to_string()));
         t_count.push(t.events);
         t_max.push(t.max_step);
+        t_pos.push(t.last_pos);
     }
     let result = Spi::connect_mut(|client| {
         client.update(
@@ -109,9 +111,11 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
         )?;
         client.update(
             "INSERT INTO dunetrace.runs AS r (run_id, agent_id, agent_version, parent_run_id, \
-                                              has_started, terminal_event, event_count, max_step) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], \
-                                  $6::text[], $7::int4[], $8::int4[]) \
+                                              has_started, terminal_event, event_count, max_step, \
+                                              last_pos, last_seq) \
+             SELECT u.*, (SELECT nextval('dunetrace.runs_seq')) \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], \
+                         $6::text[], $7::int4[], $8::int4[], $9::int4[]) AS u \
              ON CONFLICT (run_id) DO UPDATE SET \
                  has_started = r.has_started OR excluded.has_started, \
                  terminal_event = COALESCE(r.terminal_event, excluded.terminal_event), \
@@ -119,7 +123,8 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
                  max_step = GREATEST(r.max_step, excluded.max_step), \
                  parent_run_id = COALESCE(r.parent_run_id, excluded.parent_run_id), \
                  last_received_at = now(), \
-                 last_seq = nextval('dunetrace.runs_seq')",
+                 last_seq = excluded.last_seq, \
+                 last_pos = excluded.last_pos",
             None,
             &[
                 t_run.into(),
@@ -130,6 +135,7 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
                 t_terminal.into(),
                 t_count.into(),
                 t_max.into(),
+                t_pos.into(),
             ],
         )?;
         Ok::<_, pgrx::spi::SpiError>(())

@@ -113,7 +113,7 @@ fn claim(
                 OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL)) \
            AND (terminal_event IS NOT NULL \
                 OR (has_started AND last_received_at <= now() - make_interval(secs => $2))) \
-         ORDER BY last_seq \
+         ORDER BY last_seq, last_pos \
          LIMIT $1 \
          FOR UPDATE SKIP LOCKED",
         None,

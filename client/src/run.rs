@@ -636,6 +636,13 @@ impl Run {
         self.lock().final_answer = true;
     }
 
+    /// Stops tracking the run without a terminal event, as if the agent had hung or crashed:
+    /// the server processes it as stalled once nothing has arrived for
+    /// `dunetrace.stall_timeout` seconds.
+    pub fn abandon(self) {
+        self.lock().done = true;
+    }
+
     /// Ends the run: emits `run.completed`.
     pub fn finish(self) {
         self.complete();

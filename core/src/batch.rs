@@ -16,6 +16,9 @@ pub struct RunTouch {
     pub terminal: Option<EventType>,
     pub events: i32,
     pub max_step: i32,
+    /// Position of the run's last event in the batch: runs finished by one batch are
+    /// processed in the order their events arrived.
+    pub last_pos: i32,
 }
 
 /// Summarises a batch per run, sorted by run_id (so concurrent batches lock runs in the same
@@ -37,10 +40,12 @@ pub fn summarize(events: &[Event]) -> Vec<RunTouch> {
                 terminal: None,
                 events: 0,
                 max_step: 0,
+                last_pos: 0,
             });
         }
         let t = out.last_mut().expect("pushed above");
         t.events += 1;
+        t.last_pos = t.last_pos.max(i as i32);
         t.max_step = t.max_step.max(e.step_index);
         t.has_started |= e.event_type == EventType::RunStarted;
         if t.terminal.is_none() && e.event_type.is_terminal() {
@@ -87,5 +92,7 @@ mod tests {
         assert!(s[1].has_started);
         assert_eq!(s[1].terminal, Some(EventType::RunErrored));
         assert_eq!(s[1].events, 3);
+        assert_eq!(s[1].last_pos, 3);
+        assert_eq!(s[0].last_pos, 1);
     }
 }

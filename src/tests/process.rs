@@ -347,4 +347,22 @@ mod tests {
         assert_eq!(process(), 20);
         assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE run_id = 'long-2' AND failure_type = 'STEP_COUNT_INFLATION'"), 0);
     }
+
+    #[pg_test]
+    fn runs_of_one_batch_are_processed_in_arrival_order() {
+        let k = key();
+        // One batch: 20 short runs, then a long run whose id sorts first.
+        let mut all = Vec::new();
+        for i in 0..20 {
+            all.extend(looping_run(&format!("z-{i:02}"), "batch-bot", 2, true).as_array().unwrap().clone());
+        }
+        all.extend(looping_run("a-long", "batch-bot", 5, true).as_array().unwrap().clone());
+        ingest(&k, &Value::Array(all));
+        assert_eq!(process(), 21);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT run_id FROM dunetrace.processed_runs ORDER BY seq DESC LIMIT 1").unwrap().as_deref(),
+            Some("a-long")
+        );
+        assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE run_id = 'a-long' AND failure_type = 'STEP_COUNT_INFLATION'"), 1);
+    }
 }
