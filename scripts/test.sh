@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: core unit tests, the extension's #[pg_test]s (with the background worker
-# preloaded), and the end-to-end tests against a real cluster. Idempotent; works as root.
+# Runs every test: lints, unit tests of every crate, the extension's #[pg_test]s, then the
+# client and end-to-end tests against a real cluster with the worker running.
+# Idempotent; works as root (test clusters run as the postgres user).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_deps
@@ -10,7 +11,7 @@ log "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
-log "core unit tests (plain cargo test)"
+log "unit tests of every crate (no database)"
 cargo test -q --workspace --exclude dunetrace
 
 log "extension tests (cargo pgrx test, cluster run as postgres)"
@@ -18,5 +19,15 @@ pgdata="$(mktemp -d /tmp/dunetrace-pgrx-test.XXXXXX)"
 chown postgres:postgres "$pgdata"
 trap 'rm -rf "$pgdata"' EXIT
 cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
+
+log "starting the end-to-end cluster"
+eval "$(bash "$ROOT/scripts/test-cluster.sh")"
+trap 'rm -rf "$pgdata"; $DUNETRACE_TEST_PGCTL stop >/dev/null 2>&1 || true' EXIT
+
+log "client tests against the cluster"
+cargo test -q -p dunetrace-client -- --include-ignored --test-threads=1
+
+log "end-to-end tests (worker, alerts, retries, crash recovery, digest, fixes)"
+cargo test -q -p dunetrace-e2e -- --include-ignored --test-threads=1
 
 log "all tests passed"

@@ -2,16 +2,16 @@
 
 #[pgrx::pg_schema]
 mod tests {
+    use crate::tests::support::{self, count, one};
     use pgrx::prelude::*;
     use serde_json::{json, Value};
 
     fn key() -> String {
-        Spi::get_one::<String>("SELECT dunetrace.create_api_key('*')").unwrap().unwrap()
+        support::key("*")
     }
 
     fn ev(run: &str, agent: &str, t: &str, step: i32, payload: Value) -> Value {
-        json!({"event_type": t, "run_id": run, "agent_id": agent, "agent_version": "v1",
-               "step_index": step, "timestamp": 1000.0 + f64::from(step), "payload": payload})
+        support::ev(run, agent, t, step, 1000.0 + f64::from(step), payload)
     }
 
     /// A finished run; `loops` makes it call `search` five times with identical arguments.
@@ -19,54 +19,68 @@ mod tests {
         let mut v = vec![ev(run, agent, "run.started", 0, json!({}))];
         let calls = if loops { 5 } else { 1 };
         for i in 1..=calls {
-            v.push(ev(run, agent, "tool.called", i, json!({"tool_name": "search", "args_hash": "0123456789abcdef"})));
+            v.push(ev(
+                run,
+                agent,
+                "tool.called",
+                i,
+                json!({"tool_name": "search", "args_hash": "0123456789abcdef"}),
+            ));
         }
         v.push(ev(run, agent, "run.completed", calls, json!({})));
-        Spi::run_with_args(
-            "SELECT dunetrace.ingest($1, $2::jsonb)",
-            &[k.into(), Value::Array(v).to_string().into()],
-        )
-        .unwrap();
-        Spi::run("SELECT dunetrace.process_runs()").unwrap();
-    }
-
-    fn count(sql: &str) -> i64 {
-        Spi::get_one::<i64>(sql).unwrap().unwrap()
-    }
-
-    fn one<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str) -> Option<T> {
-        Spi::get_one::<T>(sql).unwrap()
-    }
-
-    fn try_sql(sql: &str) -> String {
-        Spi::run(
-            "CREATE OR REPLACE FUNCTION pg_temp.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $f$
-             BEGIN EXECUTE q; RETURN 'ok';
-             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$",
-        )
-        .unwrap();
-        Spi::get_one_with_args::<String>("SELECT pg_temp.try_sql($1)", &[sql.into()])
-            .unwrap()
-            .unwrap()
+        support::ingest(k, &Value::Array(v));
+        support::process();
     }
 
     #[pg_test]
     fn issue_lifecycle_open_resolve_reopen() {
         let k = key();
         run(&k, "l1", "bot", true);
-        assert_eq!(one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'").as_deref(), Some("open"));
+        assert_eq!(
+            one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'")
+                .as_deref(),
+            Some("open")
+        );
         for i in 0..4 {
             run(&k, &format!("c{i}"), "bot", false);
         }
-        assert_eq!(one::<i32>("SELECT clean_runs_since FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'"), Some(4));
-        assert_eq!(one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'").as_deref(), Some("open"));
+        assert_eq!(
+            one::<i32>(
+                "SELECT clean_runs_since FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'"
+            ),
+            Some(4)
+        );
+        assert_eq!(
+            one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'")
+                .as_deref(),
+            Some("open")
+        );
         run(&k, "c4", "bot", false);
-        assert_eq!(one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'").as_deref(), Some("resolved"));
-        assert_eq!(count("SELECT count(*) FROM dunetrace.issues WHERE resolved_at IS NOT NULL"), 1);
+        assert_eq!(
+            one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'")
+                .as_deref(),
+            Some("resolved")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.issues WHERE resolved_at IS NOT NULL"),
+            1
+        );
         run(&k, "l2", "bot", true);
-        assert_eq!(one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'").as_deref(), Some("reopened"));
-        assert_eq!(one::<i32>("SELECT affected_runs FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'"), Some(2));
-        assert_eq!(count("SELECT count(*) FROM dunetrace.issues WHERE resolved_at IS NULL"), 1);
+        assert_eq!(
+            one::<String>("SELECT status FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'")
+                .as_deref(),
+            Some("reopened")
+        );
+        assert_eq!(
+            one::<i32>(
+                "SELECT affected_runs FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.issues WHERE resolved_at IS NULL"),
+            1
+        );
         // Another agent's runs do not touch this issue.
         run(&k, "o1", "other-bot", false);
         assert_eq!(one::<i32>("SELECT clean_runs_since FROM dunetrace.issues WHERE agent_id = 'bot' AND failure_type = 'TOOL_LOOP'"), Some(0));
@@ -75,32 +89,74 @@ mod tests {
     #[pg_test]
     fn live_signals_queue_deliveries_in_the_same_transaction() {
         let k = key();
-        let hook = one::<i32>("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook', 'topsecret')").unwrap();
-        let slack = one::<i32>("SELECT dunetrace.add_destination('slack', 'http://127.0.0.1:9/slack')").unwrap();
-        let critical_only = one::<i32>("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/c', NULL, 'critical')").unwrap();
+        let hook = one::<i32>(
+            "SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook', 'topsecret')",
+        )
+        .unwrap();
+        let slack =
+            one::<i32>("SELECT dunetrace.add_destination('slack', 'http://127.0.0.1:9/slack')")
+                .unwrap();
+        let critical_only = one::<i32>(
+            "SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/c', NULL, 'critical')",
+        )
+        .unwrap();
         run(&k, "l1", "bot", true);
         // TOOL_LOOP is HIGH: the webhook (LOW) and Slack (HIGH) get it, the CRITICAL-only one not.
         assert_eq!(count(&format!("SELECT count(*) FROM dunetrace.deliveries WHERE destination_id = {hook} AND status = 'pending'")), 1);
-        assert_eq!(count(&format!("SELECT count(*) FROM dunetrace.deliveries WHERE destination_id = {slack}")), 1);
-        assert_eq!(count(&format!("SELECT count(*) FROM dunetrace.deliveries WHERE destination_id = {critical_only}")), 0);
-        let body: Value = serde_json::from_str(&one::<String>(&format!("SELECT body FROM dunetrace.deliveries WHERE destination_id = {hook}")).unwrap()).unwrap();
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM dunetrace.deliveries WHERE destination_id = {slack}"
+            )),
+            1
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM dunetrace.deliveries WHERE destination_id = {critical_only}"
+            )),
+            0
+        );
+        let body: Value = serde_json::from_str(
+            &one::<String>(&format!(
+                "SELECT body FROM dunetrace.deliveries WHERE destination_id = {hook}"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(body["event"], "failure_signal");
         assert_eq!(body["failure_type"], "TOOL_LOOP");
         assert_eq!(body["run_id"], "l1");
-        let slack_body: Value = serde_json::from_str(&one::<String>(&format!("SELECT body FROM dunetrace.deliveries WHERE destination_id = {slack}")).unwrap()).unwrap();
+        let slack_body: Value = serde_json::from_str(
+            &one::<String>(&format!(
+                "SELECT body FROM dunetrace.deliveries WHERE destination_id = {slack}"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(slack_body["attachments"][0]["color"], "#FF6B00");
         assert!(slack_body.to_string().contains("1/1 runs"), "{slack_body}");
-        assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE alerted"), 0);
-        assert_eq!(count("SELECT count(DISTINCT webhook_id) FROM dunetrace.deliveries"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.failure_signals WHERE alerted"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(DISTINCT webhook_id) FROM dunetrace.deliveries"),
+            2
+        );
     }
 
     #[pg_test]
     fn signals_without_a_destination_are_consumed_and_shadow_ones_never_queue() {
         let k = key();
         run(&k, "l1", "bot", true);
-        assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE NOT alerted"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.failure_signals WHERE NOT alerted"),
+            0
+        );
         Spi::run("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook')").unwrap();
-        Spi::run("SELECT dunetrace.configure_detector('default', 'tool_loop', '{\"live\": false}')").unwrap();
+        Spi::run(
+            "SELECT dunetrace.configure_detector('default', 'tool_loop', '{\"live\": false}')",
+        )
+        .unwrap();
         run(&k, "l2", "bot", true);
         assert_eq!(count("SELECT count(*) FROM dunetrace.deliveries"), 0);
         assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE run_id = 'l2' AND shadow AND NOT alerted"), 1);
@@ -111,36 +167,96 @@ mod tests {
         let k = key();
         Spi::run("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook')").unwrap();
         run(&k, "l1", "bot", true);
-        let id = one::<i64>("SELECT id FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'").unwrap();
-        assert_eq!(one::<bool>(&format!("SELECT dunetrace.ignore_issue({id})")), Some(true));
+        let id =
+            one::<i64>("SELECT id FROM dunetrace.issues WHERE failure_type = 'TOOL_LOOP'").unwrap();
+        assert_eq!(
+            one::<bool>(&format!("SELECT dunetrace.ignore_issue({id})")),
+            Some(true)
+        );
         let before = count("SELECT count(*) FROM dunetrace.deliveries");
         run(&k, "l2", "bot", true);
         assert_eq!(count("SELECT count(*) FROM dunetrace.deliveries"), before);
-        assert_eq!(one::<String>(&format!("SELECT status FROM dunetrace.issues WHERE id = {id}")).as_deref(), Some("ignored"));
-        assert_eq!(one::<i32>(&format!("SELECT affected_runs FROM dunetrace.issues WHERE id = {id}")), Some(2));
-        assert_eq!(one::<bool>(&format!("SELECT dunetrace.reopen_issue({id})")), Some(true));
-        assert_eq!(one::<String>(&format!("SELECT status FROM dunetrace.issues WHERE id = {id}")).as_deref(), Some("open"));
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT status FROM dunetrace.issues WHERE id = {id}"
+            ))
+            .as_deref(),
+            Some("ignored")
+        );
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT affected_runs FROM dunetrace.issues WHERE id = {id}"
+            )),
+            Some(2)
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT dunetrace.reopen_issue({id})")),
+            Some(true)
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT status FROM dunetrace.issues WHERE id = {id}"
+            ))
+            .as_deref(),
+            Some("open")
+        );
         run(&k, "l3", "bot", true);
-        assert_eq!(count("SELECT count(*) FROM dunetrace.deliveries"), before + 1);
-        assert_eq!(one::<bool>("SELECT dunetrace.ignore_issue(-1)"), Some(false));
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.deliveries"),
+            before + 1
+        );
+        assert_eq!(
+            one::<bool>("SELECT dunetrace.ignore_issue(-1)"),
+            Some(false)
+        );
     }
 
     #[pg_test]
     fn add_destination_validates_and_hides_secrets() {
         for (sql, state) in [
-            ("SELECT dunetrace.add_destination('email', 'http://x')", "22023"),
-            ("SELECT dunetrace.add_destination('slack', 'ftp://x')", "22023"),
-            ("SELECT dunetrace.add_destination('webhook', 'http://x', NULL, 'urgent')", "22023"),
-            ("SELECT dunetrace.add_destination('webhook', 'http://x', '')", "22023"),
-            ("SELECT dunetrace.add_destination('webhook', 'http://x', 'whsec_!!!')", "22023"),
+            (
+                "SELECT dunetrace.add_destination('email', 'http://x')",
+                "22023",
+            ),
+            (
+                "SELECT dunetrace.add_destination('slack', 'ftp://x')",
+                "22023",
+            ),
+            (
+                "SELECT dunetrace.add_destination('webhook', 'http://x', NULL, 'urgent')",
+                "22023",
+            ),
+            (
+                "SELECT dunetrace.add_destination('webhook', 'http://x', '')",
+                "22023",
+            ),
+            (
+                "SELECT dunetrace.add_destination('webhook', 'http://x', 'whsec_!!!')",
+                "22023",
+            ),
         ] {
-            let got = try_sql(sql);
+            let got = support::try_sql(sql, None);
             assert!(got.starts_with(state), "{sql}: {got}");
         }
-        let id = one::<i32>("SELECT dunetrace.add_destination('slack', 'https://hooks.slack.com/services/T/B/X')").unwrap();
-        assert_eq!(one::<String>(&format!("SELECT min_severity FROM dunetrace.destinations WHERE id = {id}")).as_deref(), Some("HIGH"));
-        assert_eq!(one::<bool>(&format!("SELECT dunetrace.remove_destination({id})")), Some(true));
-        assert_eq!(one::<bool>(&format!("SELECT dunetrace.remove_destination({id})")), Some(false));
+        let id = one::<i32>(
+            "SELECT dunetrace.add_destination('slack', 'https://hooks.slack.com/services/T/B/X')",
+        )
+        .unwrap();
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT min_severity FROM dunetrace.destinations WHERE id = {id}"
+            ))
+            .as_deref(),
+            Some("HIGH")
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT dunetrace.remove_destination({id})")),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT dunetrace.remove_destination({id})")),
+            Some(false)
+        );
     }
 
     #[pg_test]
@@ -150,13 +266,15 @@ mod tests {
         Spi::run("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook')").unwrap();
         run(&k, "l1", "bot", true);
         assert_eq!(one::<i32>("SELECT dunetrace.dispatch()"), Some(1));
-        let (status, attempts) = Spi::get_two::<String, i32>("SELECT status, attempts FROM dunetrace.deliveries").unwrap();
+        let (status, attempts) =
+            Spi::get_two::<String, i32>("SELECT status, attempts FROM dunetrace.deliveries")
+                .unwrap();
         assert_eq!(status.as_deref(), Some("pending"));
         assert_eq!(attempts, Some(1));
         assert_eq!(count("SELECT count(*) FROM dunetrace.deliveries WHERE last_error IS NOT NULL AND next_attempt_at > clock_timestamp()"), 1);
         // Not due yet: nothing to send.
         assert_eq!(one::<i32>("SELECT dunetrace.dispatch()"), Some(0));
-        assert!(try_sql("SELECT dunetrace.dispatch(-1)").starts_with("22023"));
+        assert!(support::try_sql("SELECT dunetrace.dispatch(-1)", None).starts_with("22023"));
     }
 
     #[pg_test]
@@ -175,22 +293,38 @@ mod tests {
         Spi::run("SELECT set_config('dunetrace.digest_hour', extract(hour FROM now() AT TIME ZONE 'UTC')::int::text, true)").unwrap();
         assert_eq!(one::<bool>("SELECT dunetrace.send_digest()"), Some(true));
         assert_eq!(one::<bool>("SELECT dunetrace.send_digest()"), Some(false));
-        assert_eq!(count("SELECT count(*) FROM dunetrace.deliveries WHERE kind = 'digest'"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.deliveries WHERE kind = 'digest'"),
+            1
+        );
         assert_eq!(count("SELECT count(*) FROM dunetrace.digest_log"), 1);
-        let body = one::<String>("SELECT body FROM dunetrace.deliveries WHERE kind = 'digest'").unwrap();
+        let body =
+            one::<String>("SELECT body FROM dunetrace.deliveries WHERE kind = 'digest'").unwrap();
         assert!(body.contains("1/4 runs (25%)"), "{body}");
         assert!(body.contains("Weekly Agent Health Digest"), "{body}");
         // force ignores schedule and guard.
-        assert_eq!(one::<bool>("SELECT dunetrace.send_digest(true)"), Some(true));
-        assert_eq!(count("SELECT count(*) FROM dunetrace.deliveries WHERE kind = 'digest'"), 2);
+        assert_eq!(
+            one::<bool>("SELECT dunetrace.send_digest(true)"),
+            Some(true)
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.deliveries WHERE kind = 'digest'"),
+            2
+        );
     }
 
     #[pg_test]
     fn fixes_are_classified_and_judged() {
         let k = key();
         run(&k, "l1", "bot", true);
-        let sid = one::<i64>("SELECT id FROM dunetrace.failure_signals WHERE failure_type = 'TOOL_LOOP'").unwrap();
-        let st = Spi::get_one_with_args::<pgrx::JsonB>("SELECT dunetrace.fix_status($1)", &[sid.into()]).unwrap().unwrap().0;
+        let sid =
+            one::<i64>("SELECT id FROM dunetrace.failure_signals WHERE failure_type = 'TOOL_LOOP'")
+                .unwrap();
+        let st =
+            Spi::get_one_with_args::<pgrx::JsonB>("SELECT dunetrace.fix_status($1)", &[sid.into()])
+                .unwrap()
+                .unwrap()
+                .0;
         assert_eq!(st["fix_applied"], false);
         let fid = Spi::get_one_with_args::<i64>(
             "SELECT dunetrace.record_fix($1, 'Never call the same tool with the same arguments twice.', 'clipboard')",
@@ -198,16 +332,33 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(one::<String>(&format!("SELECT fix_type FROM dunetrace.fixes WHERE id = {fid}")).as_deref(), Some("prompt_addition"));
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT fix_type FROM dunetrace.fixes WHERE id = {fid}"
+            ))
+            .as_deref(),
+            Some("prompt_addition")
+        );
         let status = |expect: &str| {
-            let st = Spi::get_one_with_args::<pgrx::JsonB>("SELECT dunetrace.fix_status($1)", &[sid.into()]).unwrap().unwrap().0;
+            let st = Spi::get_one_with_args::<pgrx::JsonB>(
+                "SELECT dunetrace.fix_status($1)",
+                &[sid.into()],
+            )
+            .unwrap()
+            .unwrap()
+            .0;
             assert_eq!(st["verdict"], expect, "{st}");
         };
         status("insufficient_data");
         // Fixes applied "in the past" so that this transaction's runs count as after them.
-        Spi::run(&format!("UPDATE dunetrace.fixes SET applied_at = now() - interval '1 minute' WHERE id = {fid}")).unwrap();
-        Spi::run("UPDATE dunetrace.failure_signals SET detected_at = now() - interval '2 minutes'").unwrap();
-        Spi::run("UPDATE dunetrace.runs SET last_received_at = now() - interval '2 minutes'").unwrap();
+        Spi::run(&format!(
+            "UPDATE dunetrace.fixes SET applied_at = now() - interval '1 minute' WHERE id = {fid}"
+        ))
+        .unwrap();
+        Spi::run("UPDATE dunetrace.failure_signals SET detected_at = now() - interval '2 minutes'")
+            .unwrap();
+        Spi::run("UPDATE dunetrace.runs SET last_received_at = now() - interval '2 minutes'")
+            .unwrap();
         for i in 0..5 {
             run(&k, &format!("c{i}"), "bot", false);
         }
@@ -218,27 +369,55 @@ mod tests {
         status("verified");
         run(&k, "l2", "bot", true);
         status("still_occurring");
-        assert!(try_sql("SELECT dunetrace.record_fix(-5, 'x', 'manual')").starts_with("P0002"));
-        assert!(try_sql(&format!("SELECT dunetrace.record_fix({sid}, '  ', 'manual')")).starts_with("22023"));
+        assert!(
+            support::try_sql("SELECT dunetrace.record_fix(-5, 'x', 'manual')", None)
+                .starts_with("P0002")
+        );
+        assert!(support::try_sql(
+            &format!("SELECT dunetrace.record_fix({sid}, '  ', 'manual')"),
+            None
+        )
+        .starts_with("22023"));
     }
 
     #[pg_test]
     fn apply_fix_refuses_what_it_must_not_apply() {
         let k = key();
         let events = json!([
-            ev("inj", "bot", "run.started", 0, json!({"injection_signal": {"matched_pattern_count": 2, "matched_patterns": ["jailbreak", "act_as"], "input_length": 50}})),
+            ev(
+                "inj",
+                "bot",
+                "run.started",
+                0,
+                json!({"injection_signal": {"matched_pattern_count": 2, "matched_patterns": ["jailbreak", "act_as"], "input_length": 50}})
+            ),
             ev("inj", "bot", "run.completed", 0, json!({})),
         ]);
-        Spi::run_with_args("SELECT dunetrace.ingest($1, $2::jsonb)", &[k.as_str().into(), events.to_string().into()]).unwrap();
+        Spi::run_with_args(
+            "SELECT dunetrace.ingest($1, $2::jsonb)",
+            &[k.as_str().into(), events.to_string().into()],
+        )
+        .unwrap();
         Spi::run("SELECT dunetrace.process_runs()").unwrap();
         let inj = one::<i64>("SELECT id FROM dunetrace.failure_signals WHERE failure_type = 'PROMPT_INJECTION_SIGNAL'").unwrap();
-        let got = try_sql(&format!("SELECT dunetrace.apply_fix({inj}, 'p', 'x')"));
+        let got = support::try_sql(
+            &format!("SELECT dunetrace.apply_fix({inj}, 'p', 'x')"),
+            None,
+        );
         assert!(got.starts_with("42501"), "{got}");
         run(&k, "l1", "bot", true);
-        let sid = one::<i64>("SELECT id FROM dunetrace.failure_signals WHERE failure_type = 'TOOL_LOOP'").unwrap();
-        let got = try_sql(&format!("SELECT dunetrace.apply_fix({sid}, 'p', 'x')"));
+        let sid =
+            one::<i64>("SELECT id FROM dunetrace.failure_signals WHERE failure_type = 'TOOL_LOOP'")
+                .unwrap();
+        let got = support::try_sql(
+            &format!("SELECT dunetrace.apply_fix({sid}, 'p', 'x')"),
+            None,
+        );
         assert!(got.starts_with("55000"), "{got}");
-        let got = try_sql("SELECT dunetrace.configure_langfuse('langfuse.local', 'pk', 'sk')");
+        let got = support::try_sql(
+            "SELECT dunetrace.configure_langfuse('langfuse.local', 'pk', 'sk')",
+            None,
+        );
         assert!(got.starts_with("22023"), "{got}");
         assert_eq!(count("SELECT count(*) FROM dunetrace.fixes"), 0);
     }

@@ -3,45 +3,12 @@
 
 #[pgrx::pg_schema]
 mod tests {
+    use crate::tests::support::{count, key, try_sql};
     use pgrx::prelude::*;
 
     const H16: &str = "0123456789abcdef";
 
-    /// Runs `sql` (as `role`, when given) inside a subtransaction; returns "ok" or
-    /// "SQLSTATE: message".
-    fn try_sql(sql: &str, role: Option<&str>) -> String {
-        Spi::run(
-            "CREATE OR REPLACE FUNCTION pg_temp.try_sql(q text, r text) RETURNS text
-             LANGUAGE plpgsql AS $f$
-             BEGIN
-                 IF r IS NOT NULL THEN EXECUTE format('SET LOCAL ROLE %I', r); END IF;
-                 EXECUTE q;
-                 RESET ROLE;
-                 RETURN 'ok';
-             EXCEPTION WHEN OTHERS THEN
-                 RETURN SQLSTATE || ': ' || SQLERRM;
-             END $f$",
-        )
-        .unwrap();
-        Spi::get_one_with_args::<String>(
-            "SELECT pg_temp.try_sql($1, $2)",
-            &[sql.into(), role.map(str::to_string).into()],
-        )
-        .unwrap()
-        .unwrap()
-    }
-
-    fn count(sql: &str) -> i64 {
-        Spi::get_one::<i64>(sql).unwrap().unwrap()
-    }
-
-    fn key(agent: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT dunetrace.create_api_key($1)", &[agent.into()])
-            .unwrap()
-            .unwrap()
-    }
-
-    fn ingest(key: &str, events: serde_json::Value) -> String {
+    fn try_ingest(key: &str, events: serde_json::Value) -> String {
         try_sql(
             &format!(
                 "SELECT dunetrace.ingest({}, {}::jsonb)",
@@ -53,9 +20,14 @@ mod tests {
     }
 
     fn ev(t: &str, step: i32, payload: serde_json::Value) -> serde_json::Value {
-        serde_json::json!({"event_type": t, "run_id": "run-1", "agent_id": "agent-a",
-            "agent_version": "v1", "step_index": step, "timestamp": 1700000000.25 + step as f64,
-            "payload": payload})
+        crate::tests::support::ev(
+            "run-1",
+            "agent-a",
+            t,
+            step,
+            1700000000.25 + step as f64,
+            payload,
+        )
     }
 
     fn all_types() -> serde_json::Value {
@@ -160,7 +132,7 @@ mod tests {
         let k = key("agent-a");
         let e = serde_json::json!({"event_type": "run.started", "run_id": "r2", "agent_id": "agent-a",
                                    "agent_version": "v1", "step_index": 0});
-        assert_eq!(ingest(&k, e), "ok");
+        assert_eq!(try_ingest(&k, e), "ok");
         assert_eq!(
             count("SELECT count(*) FROM dunetrace.events WHERE abs(\"timestamp\" - extract(epoch FROM clock_timestamp())::float8) < 60"),
             1
@@ -247,7 +219,7 @@ mod tests {
             ),
         ];
         for (events, state, text) in cases {
-            let got = ingest(&k, events.clone());
+            let got = try_ingest(&k, events.clone());
             assert!(got.starts_with(state), "{events}: {got}");
             assert!(got.contains(text), "{events}: {got}");
             assert!(
@@ -271,23 +243,23 @@ mod tests {
     fn bad_revoked_and_foreign_keys_are_refused() {
         let k = key("agent-a");
         let batch = serde_json::json!([ev("run.started", 0, serde_json::json!({}))]);
-        assert!(ingest(
+        assert!(try_ingest(
             "dt_not-a-real-key-at-all-000000000000000000000",
             batch.clone()
         )
         .starts_with("28000: dunetrace.ingest: invalid API key"));
-        assert!(ingest("", batch.clone()).starts_with("28000"));
-        assert!(ingest("hello", batch.clone()).starts_with("28000"));
+        assert!(try_ingest("", batch.clone()).starts_with("28000"));
+        assert!(try_ingest("hello", batch.clone()).starts_with("28000"));
 
         let other = key("agent-b");
-        let got = ingest(&other, batch.clone());
+        let got = try_ingest(&other, batch.clone());
         assert!(
             got.starts_with("42501") && got.contains("does not match"),
             "{got}"
         );
 
         let star = key("*");
-        assert_eq!(ingest(&star, batch.clone()), "ok");
+        assert_eq!(try_ingest(&star, batch.clone()), "ok");
 
         assert!(Spi::get_one_with_args::<bool>(
             "SELECT dunetrace.revoke_api_key($1)",
@@ -295,7 +267,7 @@ mod tests {
         )
         .unwrap()
         .unwrap());
-        let got = ingest(&k, batch.clone());
+        let got = try_ingest(&k, batch.clone());
         assert!(got.starts_with("28000") && got.contains("revoked"), "{got}");
         assert!(!Spi::get_one_with_args::<bool>(
             "SELECT dunetrace.revoke_api_key($1)",
@@ -311,7 +283,7 @@ mod tests {
         )
         .unwrap()
         .unwrap());
-        assert!(ingest(&other, batch).starts_with("28000"));
+        assert!(try_ingest(&other, batch).starts_with("28000"));
         assert_eq!(count("SELECT count(*) FROM dunetrace.events"), 1);
     }
 

@@ -2,3 +2,4 @@
 mod alerts;
 mod ingest;
 mod process;
+pub mod support;

@@ -2,28 +2,14 @@
 
 #[pgrx::pg_schema]
 mod tests {
+    use crate::tests::support::{self, count, ev, ingest, process};
     use pgrx::prelude::*;
     use serde_json::{json, Value};
 
     const ARGS: &str = "0123456789abcdef";
 
     fn key() -> String {
-        Spi::get_one::<String>("SELECT dunetrace.create_api_key('*')")
-            .unwrap()
-            .unwrap()
-    }
-
-    fn ingest(key: &str, events: &Value) {
-        Spi::run_with_args(
-            "SELECT dunetrace.ingest($1, $2::jsonb)",
-            &[key.into(), events.to_string().into()],
-        )
-        .unwrap();
-    }
-
-    fn ev(run: &str, agent: &str, t: &str, step: i32, ts: f64, payload: Value) -> Value {
-        json!({"event_type": t, "run_id": run, "agent_id": agent, "agent_version": "v1",
-               "step_index": step, "timestamp": ts, "payload": payload})
+        support::key("*")
     }
 
     /// A run that calls `search` `calls` times with identical arguments (V4 steps).
@@ -66,28 +52,6 @@ mod tests {
             ));
         }
         Value::Array(v)
-    }
-
-    fn process() -> i32 {
-        Spi::get_one::<i32>("SELECT dunetrace.process_runs()")
-            .unwrap()
-            .unwrap()
-    }
-
-    fn count(sql: &str) -> i64 {
-        Spi::get_one::<i64>(sql).unwrap().unwrap()
-    }
-
-    fn try_sql(sql: &str) -> String {
-        Spi::run(
-            "CREATE OR REPLACE FUNCTION pg_temp.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $f$
-             BEGIN EXECUTE q; RETURN 'ok';
-             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$",
-        )
-        .unwrap();
-        Spi::get_one_with_args::<String>("SELECT pg_temp.try_sql($1)", &[sql.into()])
-            .unwrap()
-            .unwrap()
     }
 
     #[pg_test]
@@ -279,23 +243,31 @@ mod tests {
 
     #[pg_test]
     fn configure_detector_rejects_unknown_names() {
-        let got = try_sql("SELECT dunetrace.configure_detector('default', 'no_such', '{}')");
+        let got = support::try_sql(
+            "SELECT dunetrace.configure_detector('default', 'no_such', '{}')",
+            None,
+        );
         assert!(
             got.starts_with("22023") && got.contains("unknown detector"),
             "{got}"
         );
-        let got = try_sql(
+        let got = support::try_sql(
             "SELECT dunetrace.configure_detector('default', 'tool_loop', '{\"treshold\": 3}')",
+            None,
         );
         assert!(
             got.starts_with("22023") && got.contains("unknown parameter \"treshold\""),
             "{got}"
         );
-        let got = try_sql(
+        let got = support::try_sql(
             "SELECT dunetrace.configure_detector('default', 'tool_loop', '{\"threshold\": -3}')",
+            None,
         );
         assert!(got.starts_with("22023"), "{got}");
-        let got = try_sql("SELECT dunetrace.configure_detector('default', 'tool_loop', '[]')");
+        let got = support::try_sql(
+            "SELECT dunetrace.configure_detector('default', 'tool_loop', '[]')",
+            None,
+        );
         assert!(got.starts_with("22023"), "{got}");
         assert_eq!(count("SELECT count(*) FROM dunetrace.detector_settings"), 0);
     }
@@ -318,7 +290,7 @@ mod tests {
         assert!(!e["suggested_fixes"].as_array().unwrap().is_empty());
         assert_eq!(e["fix_type"], "prompt_addition");
         assert_eq!(e["run_id"], "loop-2");
-        let got = try_sql("SELECT dunetrace.explain(-1)");
+        let got = support::try_sql("SELECT dunetrace.explain(-1)", None);
         assert!(got.starts_with("P0002"), "{got}");
         assert_eq!(count("SELECT count(*) FROM dunetrace.run_overview WHERE run_id = 'loop-2' AND tool_calls = 5 AND exit_reason = 'completed' AND signal_count > 0"), 1);
         assert_eq!(
@@ -354,13 +326,27 @@ mod tests {
         // One batch: 20 short runs, then a long run whose id sorts first.
         let mut all = Vec::new();
         for i in 0..20 {
-            all.extend(looping_run(&format!("z-{i:02}"), "batch-bot", 2, true).as_array().unwrap().clone());
+            all.extend(
+                looping_run(&format!("z-{i:02}"), "batch-bot", 2, true)
+                    .as_array()
+                    .unwrap()
+                    .clone(),
+            );
         }
-        all.extend(looping_run("a-long", "batch-bot", 5, true).as_array().unwrap().clone());
+        all.extend(
+            looping_run("a-long", "batch-bot", 5, true)
+                .as_array()
+                .unwrap()
+                .clone(),
+        );
         ingest(&k, &Value::Array(all));
         assert_eq!(process(), 21);
         assert_eq!(
-            Spi::get_one::<String>("SELECT run_id FROM dunetrace.processed_runs ORDER BY seq DESC LIMIT 1").unwrap().as_deref(),
+            Spi::get_one::<String>(
+                "SELECT run_id FROM dunetrace.processed_runs ORDER BY seq DESC LIMIT 1"
+            )
+            .unwrap()
+            .as_deref(),
             Some("a-long")
         );
         assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE run_id = 'a-long' AND failure_type = 'STEP_COUNT_INFLATION'"), 1);
