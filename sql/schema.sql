@@ -184,6 +184,8 @@ CREATE TABLE dunetrace.deliveries (
     destination_id   integer     NOT NULL REFERENCES dunetrace.destinations (id) ON DELETE CASCADE,
     signal_id        bigint,
     kind             text        NOT NULL DEFAULT 'signal' CHECK (kind IN ('signal', 'digest')),
+    -- The digest_log row a digest delivery belongs to.
+    digest_id        bigint      REFERENCES dunetrace.digest_log (id) ON DELETE SET NULL,
     webhook_id       text        NOT NULL,
     body             text        NOT NULL,
     status           text        NOT NULL DEFAULT 'pending'
@@ -198,6 +200,17 @@ CREATE TABLE dunetrace.deliveries (
 CREATE INDEX deliveries_due_idx ON dunetrace.deliveries (next_attempt_at)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX deliveries_signal_idx ON dunetrace.deliveries (signal_id);
+CREATE INDEX deliveries_digest_idx ON dunetrace.deliveries (digest_id) WHERE digest_id IS NOT NULL;
+
+-- The outcome of every attempt of every delivery.
+CREATE TABLE dunetrace.delivery_attempts (
+    delivery_id   bigint      NOT NULL REFERENCES dunetrace.deliveries (id) ON DELETE CASCADE,
+    attempt       integer     NOT NULL,
+    attempted_at  timestamptz NOT NULL DEFAULT now(),
+    http_status   integer,
+    error         text,
+    PRIMARY KEY (delivery_id, attempt)
+);
 
 -- Langfuse credentials for apply_fix(). Only the extension owner reads this table.
 CREATE TABLE dunetrace.langfuse_settings (

@@ -43,7 +43,7 @@ fn add_destination(
         if s.is_empty() {
             invalid("add_destination: secret must not be empty (pass NULL for none)");
         }
-        if let Err(e) = dunetrace_core::sign::standard_webhooks_key(s) {
+        if let Err(e) = dunetrace_core::sign::signing_key(s) {
             invalid(format!("add_destination: {e}"));
         }
     }

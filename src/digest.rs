@@ -62,8 +62,12 @@ fn send_in(client: &mut SpiClient<'_>, force: bool) -> Result<bool, SpiError> {
     if !force {
         let recent = client
             .select(
-                "SELECT EXISTS (SELECT 1 FROM dunetrace.digest_log WHERE digest_type = 'weekly' \
-                                AND sent_at >= now() - interval '6 days')",
+                "SELECT EXISTS ( \
+                     SELECT 1 FROM dunetrace.digest_log l \
+                     WHERE l.digest_type = 'weekly' AND l.sent_at >= now() - interval '6 days' \
+                       AND (NOT EXISTS (SELECT 1 FROM dunetrace.deliveries d WHERE d.digest_id = l.id) \
+                            OR EXISTS (SELECT 1 FROM dunetrace.deliveries d \
+                                       WHERE d.digest_id = l.id AND d.status <> 'failed')))",
                 Some(1),
                 &[],
             )?
@@ -75,11 +79,17 @@ fn send_in(client: &mut SpiClient<'_>, force: bool) -> Result<bool, SpiError> {
         }
     }
     let data = collect(client)?;
-    client.update(
-        "INSERT INTO dunetrace.digest_log (digest_type) VALUES ('weekly')",
-        None,
-        &[],
-    )?;
+    // A digest counts for the 6-day guard unless every delivery of it failed (then the next
+    // check within the scheduled hour tries again). A week without runs is logged and skipped.
+    let log_id: i64 = client
+        .update(
+            "INSERT INTO dunetrace.digest_log (digest_type) VALUES ('weekly') RETURNING id",
+            None,
+            &[],
+        )?
+        .first()
+        .get(1)?
+        .unwrap_or_default();
     if data.total_runs == 0 {
         // Nothing happened this week: remember the week, send nothing.
         return Ok(false);
@@ -87,10 +97,10 @@ fn send_in(client: &mut SpiClient<'_>, force: bool) -> Result<bool, SpiError> {
     let body = digest::slack_digest(&data, &settings::dashboard_url()).to_string();
     let ids: Vec<String> = slack.iter().map(|_| new_webhook_id()).collect();
     client.update(
-        "INSERT INTO dunetrace.deliveries (destination_id, kind, webhook_id, body) \
-         SELECT d, 'digest', w, $3 FROM unnest($1::int4[], $2::text[]) AS u(d, w)",
+        "INSERT INTO dunetrace.deliveries (destination_id, kind, webhook_id, body, digest_id) \
+         SELECT d, 'digest', w, $3, $4 FROM unnest($1::int4[], $2::text[]) AS u(d, w)",
         None,
-        &[slack.into(), ids.into(), body.into()],
+        &[slack.into(), ids.into(), body.into(), log_id.into()],
     )?;
     wake::wake_worker_on_commit();
     Ok(true)

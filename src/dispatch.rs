@@ -53,7 +53,24 @@ impl Outcome {
 /// Claims up to `limit` due deliveries (inside the current transaction).
 pub fn claim(limit: i32) -> Result<Vec<Claimed>, SpiError> {
     let visibility = settings::http_timeout().as_secs_f64() + 5.0;
+    let max_attempts = settings::HTTP_MAX_ATTEMPTS.get();
     Spi::connect_mut(|client| {
+        // A claim that expired after the last allowed attempt: the sender died mid-send
+        // (its outcome was never recorded). Give up rather than retry without bound.
+        client.update(
+            "WITH gone AS ( \
+                 UPDATE dunetrace.deliveries \
+                 SET status = 'failed', \
+                     last_error = 'no outcome recorded for the last attempt (sender stopped)' \
+                 WHERE status = 'sending' AND next_attempt_at <= clock_timestamp() \
+                   AND attempts >= $1 \
+                 RETURNING id, attempts) \
+             INSERT INTO dunetrace.delivery_attempts (delivery_id, attempt, error) \
+             SELECT id, attempts, 'no outcome recorded (sender stopped)' FROM gone \
+             ON CONFLICT DO NOTHING",
+            None,
+            &[max_attempts.into()],
+        )?;
         let rows = client.update(
             "UPDATE dunetrace.deliveries d \
              SET status = 'sending', attempts = d.attempts + 1, \
@@ -64,12 +81,13 @@ pub fn claim(limit: i32) -> Result<Vec<Claimed>, SpiError> {
                             JOIN dunetrace.destinations qt ON qt.id = q.destination_id AND qt.active \
                             WHERE q.status IN ('pending', 'sending') \
                               AND q.next_attempt_at <= clock_timestamp() \
+                              AND q.attempts < $3 \
                             ORDER BY q.next_attempt_at, q.id \
                             LIMIT $1 \
                             FOR UPDATE OF q SKIP LOCKED) \
              RETURNING d.id, d.signal_id, t.kind, t.url, t.secret, d.webhook_id, d.body, d.attempts",
             None,
-            &[limit.into(), visibility.into()],
+            &[limit.into(), visibility.into(), max_attempts.into()],
         )?;
         let mut out = Vec::new();
         for row in rows {
@@ -88,25 +106,24 @@ pub fn claim(limit: i32) -> Result<Vec<Claimed>, SpiError> {
     })
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 /// Sends one delivery. Touches no database state and no Postgres function, so it may run on
 /// another thread.
 pub fn send(c: &Claimed, timeout: std::time::Duration) -> Outcome {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    // Retries resend the queued bytes: `sent_at` in a webhook body is when it was queued.
+    let body = &c.body;
     let headers = if c.kind == "webhook" {
-        match webhook::headers(&c.body, c.secret.as_deref(), &c.webhook_id, now_secs()) {
+        match webhook::headers(body, c.secret.as_deref(), &c.webhook_id, now as i64) {
             Ok(h) => h,
             Err(e) => return Outcome::failed(c, &format!("bad secret: {e}")),
         }
     } else {
         vec![("Content-Type".to_string(), "application/json".to_string())]
     };
-    let (http_status, error) = match http::post(&c.url, &headers, &c.body, timeout) {
+    let (http_status, error) = match http::post(&c.url, &headers, body, timeout) {
         Ok(r) if (200..300).contains(&r.status) => (Some(i32::from(r.status)), None),
         Ok(r) => (
             Some(i32::from(r.status)),
@@ -138,6 +155,18 @@ pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
     let mut errors = Vec::new();
     let mut delays = Vec::new();
     let mut alerted = Vec::new();
+    let history = (
+        outcomes.iter().map(|o| o.id).collect::<Vec<i64>>(),
+        outcomes.iter().map(|o| o.attempts).collect::<Vec<i32>>(),
+        outcomes
+            .iter()
+            .map(|o| o.http_status)
+            .collect::<Vec<Option<i32>>>(),
+        outcomes
+            .iter()
+            .map(|o| o.error.clone())
+            .collect::<Vec<Option<String>>>(),
+    );
     for o in outcomes {
         ids.push(o.id);
         attempts.push(o.attempts);
@@ -176,6 +205,18 @@ pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
                 codes.into(),
                 errors.into(),
                 delays.into(),
+            ],
+        )?;
+        client.update(
+            "INSERT INTO dunetrace.delivery_attempts (delivery_id, attempt, http_status, error) \
+             SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[]) \
+             ON CONFLICT DO NOTHING",
+            None,
+            &[
+                history.0.into(),
+                history.1.into(),
+                history.2.into(),
+                history.3.into(),
             ],
         )?;
         if !alerted.is_empty() {

@@ -39,27 +39,28 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// The `X-Dunetrace-Signature` value: lowercase hex HMAC-SHA256 of `body`, keyed with the
-/// secret's UTF-8 bytes. No `sha256=` prefix.
-pub fn dunetrace_signature(secret: &str, body: &[u8]) -> String {
-    crate::ids::hex(&hmac_sha256(secret.as_bytes(), &[body]))
+/// The `X-Dunetrace-Signature` value: lowercase hex HMAC-SHA256 of `body` with `key` (see
+/// [`signing_key`]). No `sha256=` prefix.
+pub fn dunetrace_signature(key: &[u8], body: &[u8]) -> String {
+    crate::ids::hex(&hmac_sha256(key, &[body]))
 }
 
 /// Checks an `X-Dunetrace-Signature` value (hex, either case, surrounding whitespace ignored)
 /// in constant time.
-pub fn verify_dunetrace_signature(secret: &str, body: &[u8], signature: &str) -> bool {
+pub fn verify_dunetrace_signature(key: &[u8], body: &[u8], signature: &str) -> bool {
     let Some(given) = decode_hex(signature.trim()) else {
         return false;
     };
-    let mut m = mac(secret.as_bytes());
+    let mut m = mac(key);
     m.update(body);
     m.verify_slice(&given).is_ok()
 }
 
-/// The HMAC key for Standard Webhooks: the base64 (standard alphabet) decoding of what follows
-/// `whsec_`, or the secret's UTF-8 bytes when there is no such prefix. A `whsec_` secret whose
+/// The HMAC key of both signatures (contract §3.8): the base64 (standard alphabet) decoding of
+/// what follows `whsec_` (the Standard Webhooks convention), or the secret's UTF-8 bytes when
+/// there is no such prefix. A `whsec_` secret whose
 /// rest is not valid base64, or decodes to nothing, is an error.
-pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     match secret.strip_prefix(WHSEC_PREFIX) {
         Some(rest) => {
             let key = STANDARD
@@ -152,7 +153,7 @@ mod tests {
     #[test]
     fn dunetrace_signature_known_vector() {
         assert_eq!(
-            dunetrace_signature("key", b"The quick brown fox jumps over the lazy dog"),
+            dunetrace_signature(b"key", b"The quick brown fox jumps over the lazy dog"),
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
         );
     }
@@ -160,7 +161,7 @@ mod tests {
     #[test]
     fn dunetrace_signature_keys_with_utf8_bytes() {
         assert_eq!(
-            dunetrace_signature("s3cr\u{e9}t", br#"{"a":1}"#),
+            dunetrace_signature("s3cr\u{e9}t".as_bytes(), br#"{"a":1}"#),
             "75d08454396431ededbe1fbcfa5c136d17589aaf82b9c4e897320d9054978cd0"
         );
     }
@@ -169,22 +170,22 @@ mod tests {
     fn verify_dunetrace_signature_accepts_and_rejects() {
         let body = b"The quick brown fox jumps over the lazy dog";
         let good = "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
-        assert!(verify_dunetrace_signature("key", body, good));
+        assert!(verify_dunetrace_signature(b"key", body, good));
         assert!(verify_dunetrace_signature(
-            "key",
+            b"key",
             body,
             &good.to_ascii_uppercase()
         ));
-        assert!(!verify_dunetrace_signature("key2", body, good));
-        assert!(!verify_dunetrace_signature("key", b"other", good));
-        assert!(!verify_dunetrace_signature("key", body, &good[..62]));
-        assert!(!verify_dunetrace_signature("key", body, "zz"));
-        assert!(!verify_dunetrace_signature("key", body, ""));
+        assert!(!verify_dunetrace_signature(b"key2", body, good));
+        assert!(!verify_dunetrace_signature(b"key", b"other", good));
+        assert!(!verify_dunetrace_signature(b"key", body, &good[..62]));
+        assert!(!verify_dunetrace_signature(b"key", body, "zz"));
+        assert!(!verify_dunetrace_signature(b"key", body, ""));
     }
 
     #[test]
     fn standard_webhooks_reference_example() {
-        let key = standard_webhooks_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = standard_webhooks_signature(
             &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -196,7 +197,7 @@ mod tests {
 
     #[test]
     fn standard_webhooks_plain_secret_uses_utf8_bytes() {
-        let key = standard_webhooks_key("plain-secret").unwrap();
+        let key = signing_key("plain-secret").unwrap();
         assert_eq!(key, b"plain-secret");
         assert_eq!(
             standard_webhooks_signature(&key, "wh_1", 1700000000, br#"{"x":1}"#),
@@ -205,15 +206,15 @@ mod tests {
     }
 
     #[test]
-    fn standard_webhooks_key_rejects_bad_base64() {
-        assert!(standard_webhooks_key("whsec_not base64!").is_err());
-        assert!(standard_webhooks_key("whsec_").is_err());
-        assert_eq!(standard_webhooks_key("whsec_AAEC").unwrap(), vec![0, 1, 2]);
+    fn signing_key_rejects_bad_base64() {
+        assert!(signing_key("whsec_not base64!").is_err());
+        assert!(signing_key("whsec_").is_err());
+        assert_eq!(signing_key("whsec_AAEC").unwrap(), vec![0, 1, 2]);
     }
 
     #[test]
     fn verify_standard_webhooks_accepts_any_matching_v1_entry() {
-        let key = standard_webhooks_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
         let body = br#"{"test": 2432232314}"#;
         let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";

@@ -4,7 +4,7 @@
 
 use super::{push_py_float, push_py_json, push_py_str};
 use crate::explain::{Explanation, SignalView};
-use crate::sign::{dunetrace_signature, standard_webhooks_key, standard_webhooks_signature};
+use crate::sign::{dunetrace_signature, signing_key, standard_webhooks_signature};
 
 /// `schema_version` of the body.
 pub const SCHEMA_VERSION: &str = "1.0";
@@ -122,10 +122,10 @@ pub fn headers(
         ("webhook-timestamp".into(), timestamp.to_string()),
     ];
     if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-        let key = standard_webhooks_key(secret)?;
+        let key = signing_key(secret)?;
         h.push((
             "X-Dunetrace-Signature".into(),
-            dunetrace_signature(secret, body.as_bytes()),
+            dunetrace_signature(&key, body.as_bytes()),
         ));
         h.push((
             "webhook-signature".into(),
@@ -304,7 +304,7 @@ mod tests {
             "v1,T/qB/4CVbjixjjDorZpn6GXg7Y8/GKWjHnkvCGqulqU="
         );
         assert!(verify_dunetrace_signature(
-            "plain-secret",
+            b"plain-secret",
             b.as_bytes(),
             get(&h, "X-Dunetrace-Signature")
         ));
@@ -319,12 +319,16 @@ mod tests {
             get(&h, "webhook-signature"),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        // X-Dunetrace-Signature always keys with the secret text itself.
+        // Both signatures use the decoded whsec_ key.
+        let key = signing_key(secret).unwrap();
         assert_eq!(
             get(&h, "X-Dunetrace-Signature"),
-            dunetrace_signature(secret, b.as_bytes())
+            dunetrace_signature(&key, b.as_bytes())
         );
-        let key = standard_webhooks_key(secret).unwrap();
+        assert_ne!(
+            get(&h, "X-Dunetrace-Signature"),
+            dunetrace_signature(secret.as_bytes(), b.as_bytes())
+        );
         assert!(verify_standard_webhooks(
             &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
