@@ -19,7 +19,7 @@ as_root() {
 
 # System packages, cargo-pgrx and its Postgres registration.
 ensure_deps() {
-    local pkgs="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libssl-dev sudo python3 curl"
+    local pkgs="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libssl-dev sudo python3 python3-venv curl"
     local missing=""
     for p in $pkgs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -40,7 +40,8 @@ ensure_deps() {
     fi
 }
 
-# Builds the extension and installs it into the system PostgreSQL.
+# Builds the extension and installs it into the system PostgreSQL. Stop clusters that preload
+# the library first: replacing the file under a running postmaster crashes its children.
 install_extension() {
     log "building and installing the dunetrace extension"
     (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: lints, unit tests of every crate, the extension's #[pg_test]s, then the
-# client and end-to-end tests against a real cluster with the worker running.
+# client, end-to-end and gateway tests against a real cluster with the worker running.
 # Idempotent; works as root (test clusters run as the postgres user).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -29,5 +29,8 @@ cargo test -q -p dunetrace-client -- --include-ignored --test-threads=1
 
 log "end-to-end tests (worker, alerts, retries, crash recovery, digest, fixes)"
 cargo test -q -p dunetrace-e2e -- --include-ignored --test-threads=1
+
+log "HTTP gateway tests (including the original Python SDK from PyPI)"
+cargo test -q -p dunetrace-gateway -- --include-ignored --test-threads=1
 
 log "all tests passed"

@@ -107,7 +107,9 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA dunetrace FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dunetrace FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA dunetrace TO dunetrace_ingest, dunetrace_reader;
-GRANT EXECUTE ON FUNCTION dunetrace.ingest(text, jsonb) TO dunetrace_ingest;
+GRANT EXECUTE ON FUNCTION dunetrace.ingest(text, jsonb),
+                         dunetrace.record_deploy(text, text, text, jsonb)
+    TO dunetrace_ingest;
 
 GRANT EXECUTE ON FUNCTION dunetrace.explain(bigint),
                          dunetrace.signal_title(text, jsonb)
@@ -116,7 +118,7 @@ GRANT SELECT ON dunetrace.run_overview, dunetrace.signal_overview, dunetrace.age
     TO dunetrace_reader;
 GRANT SELECT ON dunetrace.events, dunetrace.runs, dunetrace.failure_signals,
                 dunetrace.processed_runs, dunetrace.issues, dunetrace.fixes,
-                dunetrace.digest_log, dunetrace.detector_settings
+                dunetrace.digest_log, dunetrace.detector_settings, dunetrace.deploy_events
     TO dunetrace_reader;
 GRANT SELECT (id, key_prefix, agent_id, customer_id, active, created_at, revoked_at, rate_limit_rpm)
     ON dunetrace.api_keys TO dunetrace_reader;

@@ -220,3 +220,13 @@ CREATE TABLE dunetrace.langfuse_settings (
     secret_key  text        NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Deploy markers (the original SDK's mark_deploy, through the gateway): one row per deploy.
+CREATE TABLE dunetrace.deploy_events (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id     text        NOT NULL,
+    version      text        NOT NULL,
+    deployed_at  timestamptz NOT NULL DEFAULT now(),
+    meta         jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX deploy_events_agent_idx ON dunetrace.deploy_events (agent_id, deployed_at DESC);

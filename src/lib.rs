@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod alerts;
 mod config;
+mod deploys;
 mod digest;
 mod dispatch;
 mod errors;

@@ -142,9 +142,32 @@ pub fn p75(values: &mut [f64]) -> Option<f64> {
     Some(a + (b - a) * (pos - lo))
 }
 
+/// [`p75`] by selection instead of a full sort: the same two order statistics (under
+/// `f64::total_cmp`), so the same result, in linear time. Reorders `values`.
+fn p75_select(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let pos = 0.75 * (values.len() - 1) as f64;
+    let lo = pos.floor();
+    let hi = pos.ceil();
+    let (_, a, above) = values.select_nth_unstable_by(lo as usize, f64::total_cmp);
+    let a = *a;
+    if lo == hi {
+        return Some(a);
+    }
+    // The next order statistic is the smallest value above rank `lo`.
+    let b = above
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp)
+        .expect("hi < len, so something lies above lo");
+    Some(a + (b - a) * (pos - lo))
+}
+
 fn gated(mut values: Vec<f64>, contributors: usize) -> Option<f64> {
     if contributors >= MIN_BASELINE_RUNS {
-        p75(&mut values)
+        p75_select(&mut values)
     } else {
         None
     }
@@ -259,6 +282,24 @@ mod tests {
     use crate::event::Event;
     use crate::run::build_run;
     use serde_json::json;
+
+    #[test]
+    fn selection_p75_matches_the_sorted_one() {
+        let mut seed = 7u64;
+        for n in 1..200usize {
+            let mut v: Vec<f64> = (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) % 1000) as f64 / 7.0
+                })
+                .collect();
+            let mut w = v.clone();
+            assert_eq!(p75_select(&mut v), p75(&mut w), "n = {n}");
+        }
+        assert_eq!(p75_select(&mut []), None);
+    }
 
     fn ev(t: EventType, step: i32, ts: f64, payload: Value) -> Event {
         Event {

@@ -183,4 +183,103 @@ mod tests {
             .iter()
             .all(|s| s.failure_type.as_str() != "STEP_COUNT_INFLATION"));
     }
+
+    /// The same behaviour numbered with the V0 convention (every event advances the step)
+    /// and the V4 one (only `*.called` advances; responses share their call's step).
+    /// A call, its response, and their payloads.
+    type Step = (EventType, EventType, Value, Value);
+
+    fn both_conventions(calls: &[Step], end: EventType) -> (Vec<Event>, Vec<Event>) {
+        let mut v0 = vec![ev(
+            EventType::RunStarted,
+            0,
+            0.0,
+            json!({"tools": ["search", "fetch"]}),
+        )];
+        let mut v4 = v0.clone();
+        let (mut s0, mut s4, mut ts) = (0, 0, 0.0);
+        for (call, resp, cp, rp) in calls {
+            ts += 1.0;
+            s0 += 1;
+            s4 += 1;
+            v0.push(ev(*call, s0, ts, cp.clone()));
+            v4.push(ev(*call, s4, ts, cp.clone()));
+            ts += 0.5;
+            s0 += 1;
+            v0.push(ev(*resp, s0, ts, rp.clone()));
+            v4.push(ev(*resp, s4, ts, rp.clone()));
+        }
+        ts += 1.0;
+        v0.push(ev(end, s0, ts, json!({})));
+        v4.push(ev(end, s4, ts, json!({})));
+        (v0, v4)
+    }
+
+    fn kinds(events: Vec<Event>) -> Vec<(String, String)> {
+        let mut k: Vec<(String, String)> = evaluate(events, &[], &DetectorConfig::default(), &[])
+            .signals
+            .iter()
+            .map(|s| {
+                (
+                    s.failure_type.as_str().to_string(),
+                    s.severity.as_str().to_string(),
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn both_step_conventions_give_the_same_signals() {
+        use EventType::*;
+        let tool = |name: &str, ok: bool| {
+            (
+                ToolCalled,
+                ToolResponded,
+                json!({"tool_name": name, "args_hash": "0123456789abcdef"}),
+                json!({"tool_name": name, "success": ok}),
+            )
+        };
+        let llm = |finish: &str, out: i64, tokens: i64| {
+            (
+                LlmCalled,
+                LlmResponded,
+                json!({"model": "m", "prompt_tokens": tokens}),
+                json!({"finish_reason": finish, "output_length": out, "completion_tokens": 5}),
+            )
+        };
+        let scenarios: Vec<(Vec<Step>, EventType, &[&str])> = vec![
+            // A loop on one tool.
+            (vec![tool("search", true); 6], RunCompleted, &["TOOL_LOOP"]),
+            // A retry storm ending the run in error.
+            (vec![tool("fetch", false); 4], RunErrored, &["RETRY_STORM"]),
+            // Two tools alternating.
+            (
+                (0..6)
+                    .map(|i| tool(if i % 2 == 0 { "search" } else { "fetch" }, true))
+                    .collect(),
+                RunCompleted,
+                &["TOOL_THRASHING"],
+            ),
+            // Truncated answers with a growing prompt.
+            (
+                vec![
+                    llm("length", 10, 500),
+                    llm("length", 10, 1600),
+                    llm("length", 10, 4000),
+                ],
+                RunCompleted,
+                &["LLM_TRUNCATION_LOOP", "CONTEXT_BLOAT"],
+            ),
+        ];
+        for (calls, end, expected) in scenarios {
+            let (v0, v4) = both_conventions(&calls, end);
+            let (k0, k4) = (kinds(v0), kinds(v4));
+            assert_eq!(k0, k4, "V0 and V4 numbering disagree");
+            for t in expected {
+                assert!(k0.iter().any(|(x, _)| x == t), "{t} missing from {k0:?}");
+            }
+        }
+    }
 }

@@ -119,6 +119,17 @@ fn check_name(field: &str, v: &Value, allow_empty: bool) -> Res<String> {
     Ok(s.to_string())
 }
 
+/// Checks a short identifier (no whitespace, at most [`MAX_NAME_LEN`] characters).
+pub fn identifier(field: &str, v: &Value) -> Res<String> {
+    check_name(field, v, false)
+}
+
+/// Checks a `meta`-style object: at most [`MAX_META_KEYS`] identifier keys with numbers,
+/// booleans, nulls or short names as values.
+pub fn meta_object(field: &str, v: &Value) -> Res<()> {
+    check_meta(field, v)
+}
+
 /// `""` or 16–64 lowercase hex characters.
 pub fn is_digest(s: &str) -> bool {
     s.is_empty()
@@ -270,10 +281,15 @@ enum Field {
     Names,
     Meta,
     Injection,
-    Scalar,
+    /// A content-free scalar (null, boolean, number or short name) or a list of short names:
+    /// `policy.triggered.value` carries the metric that fired the policy, which for the SDK's
+    /// `signal` trigger is the list of failure types detected so far.
+    ScalarOrNames,
 }
 
-/// The payload keys each event type may carry (V4 SDK and its integrations).
+/// The payload keys each event type may carry: what the hashed SDK releases (0.3.x) and their
+/// framework integrations (LangChain, Haystack, Hermes, CrewAI, AutoGen, OTel) emit. Only
+/// structural keys (digests, counts, timings, flags, names) belong here, never raw text.
 fn schema(t: EventType) -> &'static [(&'static str, Field)] {
     use Field::*;
     match t {
@@ -293,6 +309,8 @@ fn schema(t: EventType) -> &'static [(&'static str, Field)] {
             ("prompt_tokens", Count),
             ("reasoning_tokens", Count),
             ("model", Name),
+            // LangChain on_llm_error, Haystack: digest of the exception text.
+            ("error_hash", Digest),
         ],
         EventType::ToolCalled => &[("tool_name", Name), ("args_hash", Digest)],
         EventType::ToolResponded => &[
@@ -308,23 +326,37 @@ fn schema(t: EventType) -> &'static [(&'static str, Field)] {
             ("result_count", Count),
             ("top_score", Float),
             ("latency_ms", Count),
+            // LangChain on_retriever_error, Haystack: digest of the exception text.
+            ("error_hash", Digest),
         ],
         EventType::ExternalSignal => &[("signal_name", Name), ("source", Name), ("meta", Meta)],
         EventType::RunCompleted => &[
             ("total_steps", Count),
             ("exit_reason", Name),
             ("tool_call_count", Count),
+            // Haystack: run wall-clock time.
+            ("latency_ms", Count),
+            // Hermes: run wall-clock time and whether the user interrupted it.
+            ("duration_ms", Count),
+            ("interrupted", Bool),
         ],
         EventType::RunErrored => &[
             ("error_type", Name),
             ("error_hash", Digest),
             ("step_index", Count),
+            // The SDK's run() when a stop policy raises PolicyViolation:
+            // exit_reason "policy_violation" and the policy's name.
+            ("exit_reason", Name),
+            ("policy_name", Name),
+            // Hermes: as on run.completed.
+            ("duration_ms", Count),
+            ("interrupted", Bool),
         ],
         EventType::PolicyTriggered => &[
             ("policy_name", Name),
             ("action_type", Name),
             ("trigger", Name),
-            ("value", Scalar),
+            ("value", ScalarOrNames),
         ],
     }
 }
@@ -361,7 +393,8 @@ fn check_payload(t: EventType, payload: &Map<String, Value>) -> Res<()> {
             Field::Names => check_names_list(&path, v, MAX_TOOLS)?,
             Field::Meta => check_meta(&path, v)?,
             Field::Injection => check_injection(&path, v)?,
-            Field::Scalar => check_scalar(&path, v)?,
+            Field::ScalarOrNames if v.is_array() => check_names_list(&path, v, MAX_PATTERNS)?,
+            Field::ScalarOrNames => check_scalar(&path, v)?,
         }
     }
     Ok(())
@@ -751,5 +784,148 @@ mod tests {
             e[0].timestamp,
             "1732550000.123456789".parse::<f64>().unwrap()
         );
+    }
+
+    /// Payloads exactly as the hashed SDK releases (0.3.x) and their integrations emit them.
+    #[test]
+    fn sdk_0_3_payloads_are_accepted() {
+        let cases = [
+            // client.run(): a stop policy raised PolicyViolation.
+            ev(
+                "run.errored",
+                json!({"error_type": "PolicyViolation", "error_hash": H16,
+                       "exit_reason": "policy_violation", "policy_name": "cap_tool_calls",
+                       "step_index": 3}),
+            ),
+            // RunContext.llm_responded() with reasoning tokens (auto-instrumented OpenAI).
+            ev(
+                "llm.responded",
+                json!({"completion_tokens": 12, "latency_ms": 800, "finish_reason": "stop",
+                       "output_hash": H16, "output_length": 40, "prompt_tokens": 300,
+                       "reasoning_tokens": 128}),
+            ),
+            // LangChain on_llm_error / Haystack LLM component error.
+            ev(
+                "llm.responded",
+                json!({"finish_reason": "error", "output_hash": "", "output_length": 0,
+                       "latency_ms": 0, "error_hash": H16}),
+            ),
+            // Haystack LLM reply with the model.
+            ev(
+                "llm.responded",
+                json!({"finish_reason": "stop", "output_hash": H16, "output_length": 9,
+                       "latency_ms": 5, "model": "gpt-4o-mini", "prompt_tokens": 10,
+                       "completion_tokens": 3}),
+            ),
+            // LangChain on_retriever_error / Haystack retriever error.
+            ev(
+                "retrieval.responded",
+                json!({"result_count": 0, "top_score": null, "error_hash": H16}),
+            ),
+            // Haystack pipeline end.
+            ev(
+                "run.completed",
+                json!({"exit_reason": "final_answer", "total_steps": 4, "latency_ms": 1200}),
+            ),
+            // Hermes session end, completed and interrupted.
+            ev(
+                "run.completed",
+                json!({"duration_ms": 5300, "interrupted": false}),
+            ),
+            ev(
+                "run.errored",
+                json!({"duration_ms": 5300, "interrupted": true}),
+            ),
+            // policy.triggered: the value of each SDK trigger.
+            ev(
+                "policy.triggered",
+                json!({"policy_name": "loop_fix", "action_type": "inject_prompt",
+                       "trigger": "signal", "value": ["TOOL_LOOP", "RETRY_STORM"]}),
+            ),
+            ev(
+                "policy.triggered",
+                json!({"policy_name": "cost_cap", "action_type": "switch_model",
+                       "trigger": "cost_usd", "value": 0.51}),
+            ),
+            ev(
+                "policy.triggered",
+                json!({"policy_name": "no_truncation", "action_type": "log",
+                       "trigger": "finish_reason", "value": "length"}),
+            ),
+            ev(
+                "policy.triggered",
+                json!({"policy_name": "p", "action_type": "log", "trigger": null, "value": null}),
+            ),
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            if let Err(e) = parse_batch(case, 0.0) {
+                panic!("case {i} refused: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn widened_keys_still_refuse_content() {
+        let cases: Vec<(Value, &str, ErrorKind)> = vec![
+            (
+                json!([ev(
+                    "llm.responded",
+                    json!({"error_hash": "Rate limit exceeded"})
+                )]),
+                "payload.error_hash",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("retrieval.responded", json!({"error": "index missing"}))]),
+                "payload.error",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev(
+                    "run.errored",
+                    json!({"exit_reason": "the user asked to stop"})
+                )]),
+                "payload.exit_reason",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("run.errored", json!({"error_message": "boom"}))]),
+                "payload.error_message",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("run.completed", json!({"interrupted": "yes"}))]),
+                "payload.interrupted",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([ev("run.completed", json!({"duration_ms": -1}))]),
+                "payload.duration_ms",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev(
+                    "policy.triggered",
+                    json!({"value": ["TOOL_LOOP", "free text here"]})
+                )]),
+                "payload.value[1]",
+                ErrorKind::InvalidValue,
+            ),
+            (
+                json!([ev("policy.triggered", json!({"value": {"nested": 1}}))]),
+                "payload.value",
+                ErrorKind::InvalidType,
+            ),
+            (
+                json!([ev("llm.responded", json!({"output_text": "Paris"}))]),
+                "payload.output_text",
+                ErrorKind::InvalidValue,
+            ),
+        ];
+        for (v, field, kind) in cases {
+            let e = parse_batch(&v, 0.0).unwrap_err();
+            assert_eq!(e.field, field, "{v} -> {e}");
+            assert_eq!(e.kind, kind, "{v} -> {e}");
+        }
     }
 }

@@ -104,7 +104,7 @@ fn simulate(dsn: &str, db: &mut postgres::Client) -> usize {
                 .completion_tokens(30)
                 .output("calling search_orders"),
         );
-        run.tool_called("search_orders", &json!({"order": 1000 + i}));
+        run.tool_called("search_orders", json!({"order": 1000 + i}));
         run.tool_responded(ToolResult::ok("search_orders").output("shipped"));
         run.llm_called("gpt-4o", 610);
         run.llm_responded(
@@ -128,7 +128,7 @@ fn simulate(dsn: &str, db: &mut postgres::Client) -> usize {
                 .completion_tokens(20)
                 .output("search again"),
         );
-        run.tool_called("search_orders", &json!({"customer": "c-42"}));
+        run.tool_called("search_orders", json!({"customer": "c-42"}));
         run.tool_responded(ToolResult::ok("search_orders").output("[]"));
     }
     run.finish();
@@ -142,7 +142,7 @@ fn simulate(dsn: &str, db: &mut postgres::Client) -> usize {
         } else {
             "search_orders"
         };
-        run.tool_called(tool, &json!({"i": i}));
+        run.tool_called(tool, json!({"i": i}));
         run.tool_responded(ToolResult::ok(tool).output("maybe"));
     }
     run.final_answer();
@@ -152,7 +152,7 @@ fn simulate(dsn: &str, db: &mut postgres::Client) -> usize {
     // A retry storm: the refund service is down.
     let run = sup.run("Refund order 77 please");
     for _ in 0..4 {
-        run.tool_called("refund", &json!({"order": 77}));
+        run.tool_called("refund", json!({"order": 77}));
         run.tool_responded(ToolResult::failed("refund", "503 Service Unavailable"));
     }
     run.fail("RefundError", "refund service unavailable");
@@ -181,7 +181,7 @@ fn simulate(dsn: &str, db: &mut postgres::Client) -> usize {
                 .completion_tokens(60)
                 .output("fetching more"),
         );
-        run.tool_called("fetch_page", &json!({"page": i}));
+        run.tool_called("fetch_page", json!({"page": i}));
         run.tool_responded(ToolResult::ok("fetch_page").output("a long page"));
     }
     run.llm_called("claude-sonnet", 14_000);
@@ -218,7 +218,7 @@ fn simulate(dsn: &str, db: &mut postgres::Client) -> usize {
 
     // A run that hangs after a tool result it cannot use: it never finishes.
     let run = res.run("What did the CEO say yesterday?");
-    run.tool_called("web_search", &json!({"q": "CEO statement"}));
+    run.tool_called("web_search", json!({"q": "CEO statement"}));
     run.tool_responded(ToolResult::ok("web_search").output("no results"));
     for _ in 0..4 {
         run.llm_called("claude-sonnet", 800);

@@ -381,4 +381,37 @@ mod tests {
             "{got}"
         );
     }
+
+    #[pg_test]
+    fn deploy_markers_are_key_checked_and_content_free() {
+        let k = key("agent-a");
+        let call = |agent: &str, version: &str, meta: &str| {
+            try_sql(
+                &format!(
+                    "SELECT dunetrace.record_deploy({}, {}, {}, {}::jsonb)",
+                    pgrx::spi::quote_literal(&k),
+                    pgrx::spi::quote_literal(agent),
+                    pgrx::spi::quote_literal(version),
+                    pgrx::spi::quote_literal(meta)
+                ),
+                Some("dunetrace_ingest"),
+            )
+        };
+        assert_eq!(
+            call(
+                "agent-a",
+                "v1.2.3",
+                r#"{"commit": "abc123", "canary": true}"#
+            ),
+            "ok"
+        );
+        assert!(call("agent-b", "v1", "{}").starts_with("42501"));
+        assert!(call("agent-a", "version one", "{}").starts_with("22023"));
+        assert!(
+            call("agent-a", "v2", r#"{"note": "shipped the new prompt"}"#).starts_with("22023")
+        );
+        assert!(call("agent-a", "v2", "[]").starts_with("22P02"));
+        assert_eq!(count("SELECT count(*) FROM dunetrace.deploy_events WHERE agent_id = 'agent-a' AND version = 'v1.2.3'"), 1);
+        assert_eq!(count("SELECT count(*) FROM dunetrace.deploy_events"), 1);
+    }
 }
