@@ -40,10 +40,16 @@ ensure_deps() {
     fi
 }
 
-# Builds the extension and installs it into the system PostgreSQL. Stop clusters that preload
-# the library first: replacing the file under a running postmaster crashes its children.
+# Unlinks the installed library so the next install writes a new file: processes of running
+# clusters keep the old one mapped instead of crashing on a file rewritten in place.
+unlink_installed_library() {
+    as_root rm -f "$("$PG_CONFIG" --pkglibdir)/dunetrace.so"
+}
+
+# Builds the extension and installs it into the system PostgreSQL.
 install_extension() {
     log "building and installing the dunetrace extension"
+    unlink_installed_library
     (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
 }
 

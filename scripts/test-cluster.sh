@@ -9,8 +9,8 @@ PORT="${DUNETRACE_TEST_PORT:-54330}"
 DB=dunetrace_test
 
 {
-    # Replacing the library under a running postmaster would crash its children: stop first.
     stop_cluster "$DIR"
+    unlink_installed_library
     (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)
     start_cluster "$DIR" "$PORT" \
         "dunetrace.database = '$DB'" \

@@ -18,6 +18,7 @@ log "extension tests (cargo pgrx test, cluster run as postgres)"
 pgdata="$(mktemp -d /tmp/dunetrace-pgrx-test.XXXXXX)"
 chown postgres:postgres "$pgdata"
 trap 'rm -rf "$pgdata"' EXIT
+unlink_installed_library   # cargo pgrx test installs the library too
 cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
 
 log "starting the end-to-end cluster"

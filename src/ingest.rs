@@ -5,10 +5,63 @@
 //! here with correctly rounded floats and every malformed input becomes an SQL error.
 
 use crate::errors::{invalid, raise, rejected};
-use crate::keys::{authenticate, random_bytes};
+use crate::keys::{authenticate, oid, random_bytes, Kept};
 use dunetrace_core::{batch, ids, validate};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+
+thread_local! {
+    static INSERT_EVENTS: Kept = const {
+        Kept::new(
+            "INSERT INTO dunetrace.events (batch_id, event_type, run_id, agent_id, agent_version, \
+                                           step_index, \"timestamp\", payload, parent_run_id) \
+             SELECT $1::uuid, t, r, a, v, s, ts, p::jsonb, pr \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+                         $7::float8[], $8::text[], $9::text[]) AS u(t, r, a, v, s, ts, p, pr)",
+            &[
+                oid::TEXT,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::INT4_ARRAY,
+                oid::FLOAT8_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+            ],
+        )
+    };
+    static UPSERT_RUNS: Kept = const {
+        Kept::new(
+            "INSERT INTO dunetrace.runs AS r (run_id, agent_id, agent_version, parent_run_id, \
+                                              has_started, terminal_event, event_count, max_step, \
+                                              last_pos, last_seq) \
+             SELECT u.*, (SELECT nextval('dunetrace.runs_seq')) \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], \
+                         $6::text[], $7::int4[], $8::int4[], $9::int4[]) AS u \
+             ON CONFLICT (run_id) DO UPDATE SET \
+                 has_started = r.has_started OR excluded.has_started, \
+                 terminal_event = COALESCE(r.terminal_event, excluded.terminal_event), \
+                 event_count = r.event_count + excluded.event_count, \
+                 max_step = GREATEST(r.max_step, excluded.max_step), \
+                 parent_run_id = COALESCE(r.parent_run_id, excluded.parent_run_id), \
+                 last_received_at = now(), \
+                 last_seq = excluded.last_seq, \
+                 last_pos = excluded.last_pos",
+            &[
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::BOOL_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::INT4_ARRAY,
+                oid::INT4_ARRAY,
+                oid::INT4_ARRAY,
+            ],
+        )
+    };
+}
 
 /// Epoch seconds of the server clock.
 fn now_epoch() -> f64 {
@@ -59,14 +112,15 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
     let mut payloads = Vec::with_capacity(n);
     let mut parents = Vec::with_capacity(n);
     for e in events {
-        types.push(e.event_type.as_str().to_string());
-        run_ids.push(e.run_id.clone());
-        agents.push(e.agent_id.clone());
-        versions.push(e.agent_version.clone());
+        // Borrowed: the arrays below copy them into Postgres memory anyway.
+        types.push(e.event_type.as_str());
+        run_ids.push(e.run_id.as_str());
+        agents.push(e.agent_id.as_str());
+        versions.push(e.agent_version.as_str());
         steps.push(e.step_index);
         stamps.push(e.timestamp);
-        payloads.push(serde_json::Value::Object(e.payload.clone()).to_string());
-        parents.push(e.parent_run_id.clone());
+        payloads.push(serde_json::to_string(&e.payload).expect("a JSON map serialises"));
+        parents.push(e.parent_run_id.as_deref());
     }
     let touches = batch::summarize(events);
     let mut t_run = Vec::with_capacity(touches.len());
@@ -90,12 +144,9 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
         t_pos.push(t.last_pos);
     }
     let result = Spi::connect_mut(|client| {
+        let insert_events = INSERT_EVENTS.with(|k| k.get(client))?;
         client.update(
-            "INSERT INTO dunetrace.events (batch_id, event_type, run_id, agent_id, agent_version, \
-                                           step_index, \"timestamp\", payload, parent_run_id) \
-             SELECT $1::uuid, t, r, a, v, s, ts, p::jsonb, pr \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-                         $7::float8[], $8::text[], $9::text[]) AS u(t, r, a, v, s, ts, p, pr)",
+            insert_events,
             None,
             &[
                 batch_id.into(),
@@ -109,22 +160,9 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
                 parents.into(),
             ],
         )?;
+        let upsert_runs = UPSERT_RUNS.with(|k| k.get(client))?;
         client.update(
-            "INSERT INTO dunetrace.runs AS r (run_id, agent_id, agent_version, parent_run_id, \
-                                              has_started, terminal_event, event_count, max_step, \
-                                              last_pos, last_seq) \
-             SELECT u.*, (SELECT nextval('dunetrace.runs_seq')) \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], \
-                         $6::text[], $7::int4[], $8::int4[], $9::int4[]) AS u \
-             ON CONFLICT (run_id) DO UPDATE SET \
-                 has_started = r.has_started OR excluded.has_started, \
-                 terminal_event = COALESCE(r.terminal_event, excluded.terminal_event), \
-                 event_count = r.event_count + excluded.event_count, \
-                 max_step = GREATEST(r.max_step, excluded.max_step), \
-                 parent_run_id = COALESCE(r.parent_run_id, excluded.parent_run_id), \
-                 last_received_at = now(), \
-                 last_seq = excluded.last_seq, \
-                 last_pos = excluded.last_pos",
+            upsert_runs,
             None,
             &[
                 t_run.into(),

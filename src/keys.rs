@@ -3,6 +3,68 @@
 use crate::errors::{bad_key, invalid};
 use dunetrace_core::ids;
 use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiError};
+use pgrx::PgOid;
+use std::cell::Cell;
+
+/// A statement planned once per backend and kept for the backend's life (`SPI_keepplan`), so
+/// each call only binds and runs it. Postgres' plan cache re-plans it by itself when an object
+/// it uses changes (the extension dropped and created again, an index added, new statistics)
+/// or when the search_path differs. Declare one per statement in a `thread_local!`.
+pub struct Kept {
+    sql: &'static str,
+    args: &'static [PgOid],
+    plan: Cell<Option<&'static OwnedPreparedStatement>>,
+}
+
+impl Kept {
+    /// `args`: the parameter types, as the values passed would report them.
+    pub const fn new(sql: &'static str, args: &'static [PgOid]) -> Kept {
+        Kept {
+            sql,
+            args,
+            plan: Cell::new(None),
+        }
+    }
+
+    /// The kept plan, prepared on first use. Execute it with `client.select`/`client.update`
+    /// exactly as the SQL text would be: read-only-ness is decided the same way.
+    pub fn get(&self, client: &SpiClient<'_>) -> Result<&'static OwnedPreparedStatement, SpiError> {
+        if let Some(p) = self.plan.get() {
+            return Ok(p);
+        }
+        let stmt = client.prepare(self.sql, self.args)?.keep();
+        // Never freed: the plan lives as long as the backend (a destructor at process exit
+        // could run after Postgres has torn its caches down).
+        let p: &'static OwnedPreparedStatement = Box::leak(Box::new(stmt));
+        self.plan.set(Some(p));
+        Ok(p)
+    }
+}
+
+/// Parameter type shorthands for [`Kept`].
+pub mod oid {
+    use pgrx::pg_sys::BuiltinOid as B;
+    use pgrx::PgOid;
+    pub const TEXT: PgOid = PgOid::BuiltIn(B::TEXTOID);
+    pub const INT4: PgOid = PgOid::BuiltIn(B::INT4OID);
+    pub const INT8: PgOid = PgOid::BuiltIn(B::INT8OID);
+    pub const FLOAT8: PgOid = PgOid::BuiltIn(B::FLOAT8OID);
+    pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(B::TEXTARRAYOID);
+    pub const INT4_ARRAY: PgOid = PgOid::BuiltIn(B::INT4ARRAYOID);
+    pub const INT8_ARRAY: PgOid = PgOid::BuiltIn(B::INT8ARRAYOID);
+    pub const FLOAT8_ARRAY: PgOid = PgOid::BuiltIn(B::FLOAT8ARRAYOID);
+    pub const BOOL_ARRAY: PgOid = PgOid::BuiltIn(B::BOOLARRAYOID);
+}
+
+thread_local! {
+    static KEY_LOOKUP: Kept = const {
+        Kept::new(
+            "SELECT key_hash, agent_id, active FROM dunetrace.api_keys WHERE key_prefix = $1",
+            &[oid::TEXT],
+        )
+    };
+}
 
 /// Fills `buf` from Postgres' strong random source.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -114,11 +176,8 @@ pub fn authenticate(key: Option<&str>) -> String {
     };
     let hash = ids::key_hash(key);
     let found = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT key_hash, agent_id, active FROM dunetrace.api_keys WHERE key_prefix = $1",
-            None,
-            &[prefix.into()],
-        )?;
+        let stmt = KEY_LOOKUP.with(|k| k.get(client))?;
+        let rows = client.select(stmt, None, &[prefix.into()])?;
         let mut found: Option<(String, bool)> = None;
         for row in rows {
             let stored: Vec<u8> = row.get(1)?.unwrap_or_default();

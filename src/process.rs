@@ -7,6 +7,7 @@
 
 use crate::errors::invalid;
 use crate::explain::StoredSignal;
+use crate::keys::{oid, Kept};
 use crate::{alerts, issues, settings, wake};
 use dunetrace_core::baseline::{RunMetrics, BASELINE_WINDOW};
 use dunetrace_core::detect::DetectorConfig;
@@ -16,6 +17,120 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
+
+thread_local! {
+    static CLAIM: Kept = const {
+        Kept::new(
+            "SELECT run_id, COALESCE(terminal_event, 'stalled'), processed_trigger IS NOT NULL \
+             FROM dunetrace.runs \
+             WHERE (processed_trigger IS NULL \
+                    OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL)) \
+               AND (terminal_event IS NOT NULL \
+                    OR (has_started AND last_received_at <= now() - make_interval(secs => $2))) \
+             ORDER BY last_seq, last_pos \
+             LIMIT $1 \
+             FOR UPDATE SKIP LOCKED",
+            &[oid::INT4, oid::FLOAT8],
+        )
+    };
+    // No ORDER BY: sorting every event of the batch (payloads included) in the executor costs
+    // more than ordering each run's few events by id here.
+    static LOAD_EVENTS: Kept = const {
+        Kept::new(
+            "SELECT run_id, event_type, step_index, \"timestamp\", payload::text, agent_id, \
+                    agent_version, parent_run_id, id \
+             FROM dunetrace.events WHERE run_id = ANY($1)",
+            &[oid::TEXT_ARRAY],
+        )
+    };
+    static PRIOR_SIGNALS: Kept = const {
+        Kept::new(
+            "SELECT run_id, failure_type FROM dunetrace.failure_signals WHERE run_id = ANY($1)",
+            &[oid::TEXT_ARRAY],
+        )
+    };
+    static LOAD_CONFIG: Kept = const {
+        Kept::new(
+            "SELECT detector, params::text FROM dunetrace.detector_settings \
+             WHERE agent_id IN ('default', $1) ORDER BY agent_id <> 'default', detector",
+            &[oid::TEXT],
+        )
+    };
+    static LOAD_RECENT: Kept = const {
+        Kept::new(
+            "SELECT metrics::text FROM dunetrace.processed_runs \
+             WHERE agent_id = $1 AND agent_version = $2 AND completed AND run_id <> ALL($3) \
+             ORDER BY seq DESC LIMIT $4",
+            &[oid::TEXT, oid::TEXT, oid::TEXT_ARRAY, oid::INT8],
+        )
+    };
+    static SIGNAL_IDS: Kept = const {
+        Kept::new(
+            "SELECT array_agg(nextval(pg_get_serial_sequence('dunetrace.failure_signals', 'id'))), \
+                    extract(epoch FROM now())::float8 \
+             FROM generate_series(1, $1)",
+            &[oid::INT8],
+        )
+    };
+    static INSERT_SIGNALS: Kept = const {
+        Kept::new(
+            "INSERT INTO dunetrace.failure_signals (id, failure_type, severity, run_id, agent_id, \
+                 agent_version, step_index, confidence, evidence, shadow, co_signal_count) \
+             OVERRIDING SYSTEM VALUE \
+             SELECT id, t, sv, r, a, v, st, c, e::jsonb, sh, co \
+             FROM unnest($11::int8[], $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::int4[], $7::float8[], $8::text[], $9::bool[], $10::int4[]) \
+                  AS u(id, t, sv, r, a, v, st, c, e, sh, co)",
+            &[
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::INT4_ARRAY,
+                oid::FLOAT8_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::BOOL_ARRAY,
+                oid::INT4_ARRAY,
+                oid::INT8_ARRAY,
+            ],
+        )
+    };
+    static UPSERT_PROCESSED: Kept = const {
+        Kept::new(
+            "INSERT INTO dunetrace.processed_runs AS p (run_id, agent_id, agent_version, \
+                 signal_count, trigger, error, completed, metrics) \
+             SELECT r, a, v, n, t, err, c, m::jsonb \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], \
+                         $6::text[], $7::bool[], $8::text[]) AS u(r, a, v, n, t, err, c, m) \
+             ON CONFLICT (run_id) DO UPDATE SET \
+                 processed_at = now(), \
+                 signal_count = p.signal_count + excluded.signal_count, \
+                 trigger = excluded.trigger, \
+                 error = excluded.error, \
+                 completed = excluded.completed, \
+                 metrics = excluded.metrics, \
+                 seq = nextval('dunetrace.processed_runs_seq')",
+            &[
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::INT4_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::TEXT_ARRAY,
+                oid::BOOL_ARRAY,
+                oid::TEXT_ARRAY,
+            ],
+        )
+    };
+    static MARK_PROCESSED: Kept = const {
+        Kept::new(
+            "UPDATE dunetrace.runs AS r SET processed_trigger = u.t \
+             FROM unnest($1::text[], $2::text[]) AS u(id, t) WHERE r.run_id = u.id",
+            &[oid::TEXT_ARRAY, oid::TEXT_ARRAY],
+        )
+    };
+}
 
 /// A run claimed for processing.
 struct Claimed {
@@ -106,16 +221,9 @@ fn claim(
     max_runs: i32,
     stall_timeout_secs: i32,
 ) -> Result<Vec<Claimed>, SpiError> {
+    let stmt = CLAIM.with(|k| k.get(client))?;
     let rows = client.update(
-        "SELECT run_id, COALESCE(terminal_event, 'stalled'), processed_trigger IS NOT NULL \
-         FROM dunetrace.runs \
-         WHERE (processed_trigger IS NULL \
-                OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL)) \
-           AND (terminal_event IS NOT NULL \
-                OR (has_started AND last_received_at <= now() - make_interval(secs => $2))) \
-         ORDER BY last_seq, last_pos \
-         LIMIT $1 \
-         FOR UPDATE SKIP LOCKED",
+        stmt,
         None,
         &[max_runs.into(), f64::from(stall_timeout_secs).into()],
     )?;
@@ -134,36 +242,47 @@ fn load_events(
     client: &mut SpiClient<'_>,
     ids: &[String],
 ) -> Result<HashMap<String, Vec<Event>>, SpiError> {
-    let rows = client.select(
-        "SELECT run_id, event_type, step_index, \"timestamp\", payload::text, agent_id, \
-                agent_version, parent_run_id \
-         FROM dunetrace.events WHERE run_id = ANY($1) ORDER BY id",
-        None,
-        &[ids.to_vec().into()],
-    )?;
-    let mut out: HashMap<String, Vec<Event>> = HashMap::new();
+    let stmt = LOAD_EVENTS.with(|k| k.get(client))?;
+    let rows = client.select(stmt, None, &[ids.to_vec().into()])?;
+    let mut by_run: HashMap<String, Vec<(i64, Event)>> = HashMap::with_capacity(ids.len());
     for row in rows {
-        let run_id: String = row.get(1)?.unwrap_or_default();
-        let type_name: String = row.get(2)?.unwrap_or_default();
-        let Some(event_type) = EventType::parse(&type_name) else {
+        // Borrowed from the SPI tuple: only what an Event keeps is copied.
+        let run_id: &str = row.get(1)?.unwrap_or_default();
+        let type_name: &str = row.get(2)?.unwrap_or_default();
+        let Some(event_type) = EventType::parse(type_name) else {
             continue;
         };
-        let payload_text: String = row.get(5)?.unwrap_or_default();
-        let payload = match serde_json::from_str::<Value>(&payload_text) {
+        let payload_text: &str = row.get(5)?.unwrap_or_default();
+        let payload = match serde_json::from_str::<Value>(payload_text) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        out.entry(run_id.clone()).or_default().push(Event {
+        let id: i64 = row.get(9)?.unwrap_or_default();
+        let event = Event {
             event_type,
-            run_id,
+            run_id: run_id.to_string(),
             agent_id: row.get(6)?.unwrap_or_default(),
             agent_version: row.get(7)?.unwrap_or_default(),
             step_index: row.get(3)?.unwrap_or_default(),
             timestamp: row.get(4)?.unwrap_or_default(),
             payload,
             parent_run_id: row.get(8)?,
-        });
+        };
+        match by_run.get_mut(run_id) {
+            Some(evs) => evs.push((id, event)),
+            None => {
+                by_run.insert(run_id.to_string(), vec![(id, event)]);
+            }
+        }
     }
+    // Each run's events in id order (ids are unique, so the order is total).
+    let out = by_run
+        .into_iter()
+        .map(|(run, mut evs)| {
+            evs.sort_unstable_by_key(|(id, _)| *id);
+            (run, evs.into_iter().map(|(_, e)| e).collect())
+        })
+        .collect();
     Ok(out)
 }
 
@@ -180,11 +299,8 @@ fn prior_signal_types(
     if again.is_empty() {
         return Ok(out);
     }
-    let rows = client.select(
-        "SELECT run_id, failure_type FROM dunetrace.failure_signals WHERE run_id = ANY($1)",
-        None,
-        &[again.into()],
-    )?;
+    let stmt = PRIOR_SIGNALS.with(|k| k.get(client))?;
+    let rows = client.select(stmt, None, &[again.into()])?;
     for row in rows {
         let run: String = row.get(1)?.unwrap_or_default();
         out.entry(run)
@@ -196,12 +312,8 @@ fn prior_signal_types(
 
 /// The agent's effective detector configuration: `'default'` rows, then the agent's own.
 pub fn load_config(client: &SpiClient<'_>, agent_id: &str) -> Result<DetectorConfig, SpiError> {
-    let rows = client.select(
-        "SELECT detector, params::text FROM dunetrace.detector_settings \
-         WHERE agent_id IN ('default', $1) ORDER BY agent_id <> 'default', detector",
-        None,
-        &[agent_id.into()],
-    )?;
+    let stmt = LOAD_CONFIG.with(|k| k.get(client))?;
+    let rows = client.select(stmt, None, &[agent_id.into()])?;
     let mut layers: Vec<(String, Map<String, Value>)> = Vec::new();
     for row in rows {
         let detector: String = row.get(1)?.unwrap_or_default();
@@ -221,10 +333,9 @@ fn load_recent(
     agent_version: &str,
     exclude: &[String],
 ) -> Result<VecDeque<RunMetrics>, SpiError> {
+    let stmt = LOAD_RECENT.with(|k| k.get(client))?;
     let rows = client.select(
-        "SELECT metrics::text FROM dunetrace.processed_runs \
-         WHERE agent_id = $1 AND agent_version = $2 AND completed AND run_id <> ALL($3) \
-         ORDER BY seq DESC LIMIT $4",
+        stmt,
         None,
         &[
             agent_id.into(),
@@ -258,6 +369,8 @@ struct Writes {
     s_step: Vec<i32>,
     s_conf: Vec<f64>,
     s_evidence: Vec<String>,
+    /// The same evidence as objects, for the outbox (no need to parse back what was printed).
+    s_evidence_map: Vec<Map<String, Value>>,
     s_shadow: Vec<bool>,
     s_co: Vec<i32>,
     // processed_runs
@@ -283,7 +396,8 @@ impl Writes {
                 .map(|s| s.failure_type.as_str().to_string())
                 .collect(),
         ));
-        for s in &e.signals {
+        let signal_count = e.signals.len() as i32;
+        for s in e.signals {
             self.s_type.push(s.failure_type.as_str().into());
             self.s_severity.push(s.severity.as_str().into());
             self.s_run.push(e.run_id.clone());
@@ -291,15 +405,16 @@ impl Writes {
             self.s_version.push(e.agent_version.clone());
             self.s_step.push(s.step_index);
             self.s_conf.push(s.confidence);
-            self.s_evidence
-                .push(Value::Object(s.evidence.clone()).to_string());
             self.s_shadow.push(s.shadow);
             self.s_co.push(s.co_signal_count);
+            self.s_evidence
+                .push(serde_json::to_string(&s.evidence).expect("a JSON map serialises"));
+            self.s_evidence_map.push(s.evidence);
         }
         self.p_run.push(c.run_id.clone());
         self.p_agent.push(e.agent_id);
         self.p_version.push(e.agent_version);
-        self.p_count.push(e.signals.len() as i32);
+        self.p_count.push(signal_count);
         self.p_trigger.push(c.trigger.clone());
         self.p_error.push(None);
         self.p_completed.push(e.metrics.completed);
@@ -319,21 +434,15 @@ impl Writes {
         self.p_metrics.push(None);
     }
 
-    fn write(self, client: &mut SpiClient<'_>) -> Result<(), SpiError> {
+    fn write(mut self, client: &mut SpiClient<'_>) -> Result<(), SpiError> {
         let mut stored: Vec<StoredSignal> = Vec::new();
         if !self.s_type.is_empty() {
             let n = self.s_type.len() as i64;
-            let row = client
-                .select(
-                    "SELECT array_agg(nextval(pg_get_serial_sequence('dunetrace.failure_signals', 'id'))), \
-                            extract(epoch FROM now())::float8 \
-                     FROM generate_series(1, $1)",
-                    Some(1),
-                    &[n.into()],
-                )?
-                .first();
+            let stmt = SIGNAL_IDS.with(|k| k.get(client))?;
+            let row = client.select(stmt, Some(1), &[n.into()])?.first();
             let ids: Vec<i64> = row.get(1)?.unwrap_or_default();
             let now: f64 = row.get(2)?.unwrap_or_default();
+            let mut evidence = std::mem::take(&mut self.s_evidence_map).into_iter();
             for (i, id) in ids.iter().enumerate() {
                 stored.push(StoredSignal {
                     id: *id,
@@ -344,24 +453,16 @@ impl Writes {
                     agent_version: self.s_version[i].clone(),
                     step_index: self.s_step[i],
                     confidence: self.s_conf[i],
-                    evidence: match serde_json::from_str(&self.s_evidence[i]) {
-                        Ok(Value::Object(m)) => m,
-                        _ => Map::new(),
-                    },
+                    evidence: evidence.next().unwrap_or_default(),
                     detected_at: now,
                     shadow: self.s_shadow[i],
                     alerted: false,
                     co_signal_count: self.s_co[i],
                 });
             }
+            let stmt = INSERT_SIGNALS.with(|k| k.get(client))?;
             client.update(
-                "INSERT INTO dunetrace.failure_signals (id, failure_type, severity, run_id, agent_id, \
-                     agent_version, step_index, confidence, evidence, shadow, co_signal_count) \
-                 OVERRIDING SYSTEM VALUE \
-                 SELECT id, t, sv, r, a, v, st, c, e::jsonb, sh, co \
-                 FROM unnest($11::int8[], $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                             $6::int4[], $7::float8[], $8::text[], $9::bool[], $10::int4[]) \
-                      AS u(id, t, sv, r, a, v, st, c, e, sh, co)",
+                stmt,
                 None,
                 &[
                     self.s_type.into(),
@@ -378,20 +479,9 @@ impl Writes {
                 ],
             )?;
         }
+        let stmt = UPSERT_PROCESSED.with(|k| k.get(client))?;
         client.update(
-            "INSERT INTO dunetrace.processed_runs AS p (run_id, agent_id, agent_version, \
-                 signal_count, trigger, error, completed, metrics) \
-             SELECT r, a, v, n, t, err, c, m::jsonb \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], \
-                         $6::text[], $7::bool[], $8::text[]) AS u(r, a, v, n, t, err, c, m) \
-             ON CONFLICT (run_id) DO UPDATE SET \
-                 processed_at = now(), \
-                 signal_count = p.signal_count + excluded.signal_count, \
-                 trigger = excluded.trigger, \
-                 error = excluded.error, \
-                 completed = excluded.completed, \
-                 metrics = excluded.metrics, \
-                 seq = nextval('dunetrace.processed_runs_seq')",
+            stmt,
             None,
             &[
                 self.p_run.clone().into(),
@@ -404,12 +494,8 @@ impl Writes {
                 self.p_metrics.into(),
             ],
         )?;
-        client.update(
-            "UPDATE dunetrace.runs AS r SET processed_trigger = u.t \
-             FROM unnest($1::text[], $2::text[]) AS u(id, t) WHERE r.run_id = u.id",
-            None,
-            &[self.p_run.into(), self.p_trigger.into()],
-        )?;
+        let stmt = MARK_PROCESSED.with(|k| k.get(client))?;
+        client.update(stmt, None, &[self.p_run.into(), self.p_trigger.into()])?;
         let muted = issues::update(client, &self.issue_runs)?;
         if stored.iter().any(|s| !s.shadow) {
             alerts::enqueue(client, &stored, &muted)?;

@@ -4,73 +4,11 @@
 
 use dunetrace_client::{Dunetrace, LlmResponse, RetrievalResult, Signal, ToolResult};
 use dunetrace_core::sign;
+use dunetrace_e2e::Receiver;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_ZHVuZXRyYWNlLWRlbW8tc2lnbmluZy1rZXk=";
-
-/// One request the receiver got.
-struct Received {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A webhook receiver on 127.0.0.1 that answers 200 and keeps every request.
-fn start_receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
-    let url = format!(
-        "http://{}/dunetrace",
-        listener.local_addr().expect("local address")
-    );
-    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-    let sink = Arc::clone(&got);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-            }
-            let len = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0u8; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = (&stream).write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-            sink.lock().expect("receiver lock").push(Received {
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-    });
-    (url, got)
-}
 
 fn key(db: &mut postgres::Client, agent: &str) -> String {
     db.query_one("SELECT dunetrace.create_api_key($1)", &[&agent])
@@ -253,7 +191,8 @@ fn main() {
         .unwrap_or_else(|| "host=127.0.0.1 port=54329 user=postgres dbname=dunetrace".into());
     let mut db =
         postgres::Client::connect(&dsn, postgres::NoTls).expect("connect to the demo database");
-    let (url, received) = start_receiver();
+    let receiver = Receiver::ok();
+    let url = receiver.url("/dunetrace");
     db.execute(
         "SELECT dunetrace.add_destination('webhook', $1, $2)",
         &[&url, &SECRET],
@@ -324,11 +263,11 @@ fn main() {
     }
 
     let key = sign::signing_key(SECRET).expect("secret");
-    let got = received.lock().expect("receiver lock");
+    let got = receiver.requests();
     println!("\nSigned alerts received by the webhook ({}):", got.len());
     let mut verified = 0;
     for r in got.iter() {
-        let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        let v: Value = r.json();
         let id = r.header("webhook-id").unwrap_or_default();
         let ts: i64 = r
             .header("webhook-timestamp")
@@ -338,12 +277,12 @@ fn main() {
             &key,
             id,
             ts,
-            r.body.as_bytes(),
+            &r.body,
             r.header("webhook-signature").unwrap_or_default(),
         );
         let hex_ok = sign::verify_dunetrace_signature(
             &key,
-            r.body.as_bytes(),
+            &r.body,
             r.header("x-dunetrace-signature").unwrap_or_default(),
         );
         if std_ok && hex_ok {
