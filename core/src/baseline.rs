@@ -279,7 +279,7 @@ impl RunMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::event::{test_event as ev, Event};
     use crate::run::build_run;
     use serde_json::json;
 
@@ -299,19 +299,6 @@ mod tests {
             assert_eq!(p75_select(&mut v), p75(&mut w), "n = {n}");
         }
         assert_eq!(p75_select(&mut []), None);
-    }
-
-    fn ev(t: EventType, step: i32, ts: f64, payload: Value) -> Event {
-        Event {
-            event_type: t,
-            run_id: "r".into(),
-            agent_id: "a".into(),
-            agent_version: "v".into(),
-            step_index: step,
-            timestamp: ts,
-            payload: payload.as_object().cloned().unwrap_or_default(),
-            parent_run_id: None,
-        }
     }
 
     fn completed_run(steps: i32) -> RunMetrics {

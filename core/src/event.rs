@@ -110,3 +110,18 @@ impl Event {
         self.payload.get(key).and_then(Value::as_bool)
     }
 }
+
+/// An event of run `r`, agent `a`, version `v`, for the core's unit tests.
+#[cfg(test)]
+pub(crate) fn test_event(t: EventType, step: i32, ts: f64, payload: Value) -> Event {
+    Event {
+        event_type: t,
+        run_id: "r".into(),
+        agent_id: "a".into(),
+        agent_version: "v".into(),
+        step_index: step,
+        timestamp: ts,
+        payload: payload.as_object().cloned().unwrap_or_default(),
+        parent_run_id: None,
+    }
+}

@@ -54,21 +54,8 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventType;
-    use serde_json::{json, Map, Value};
-
-    fn ev(t: EventType, step: i32, ts: f64, payload: Value) -> Event {
-        Event {
-            event_type: t,
-            run_id: "r".into(),
-            agent_id: "a".into(),
-            agent_version: "v".into(),
-            step_index: step,
-            timestamp: ts,
-            payload: payload.as_object().cloned().unwrap_or_else(Map::new),
-            parent_run_id: None,
-        }
-    }
+    use crate::event::{test_event as ev, EventType};
+    use serde_json::{json, Value};
 
     fn looping_run() -> Vec<Event> {
         let mut v = vec![ev(

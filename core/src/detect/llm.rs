@@ -234,9 +234,13 @@ pub fn cost_spike(run: &RunState, p: &CostSpikeParams) -> Option<Signal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::event::{test_event, Event};
     use crate::run::{Baselines, ToolCall};
     use serde_json::Map;
+
+    fn event(t: EventType, step: i32) -> Event {
+        test_event(t, step, 1000.0 + step as f64, Value::Object(Map::new()))
+    }
 
     /// Whole-object comparison plus a textual one, which also checks key order and int/float.
     fn assert_evidence(sig: &Signal, expected: Value) {
@@ -272,19 +276,6 @@ mod tests {
             timestamp: 1000.0 + step as f64,
             success: Some(true),
             error_hash: None,
-        }
-    }
-
-    fn event(t: EventType, step: i32) -> Event {
-        Event {
-            event_type: t,
-            run_id: "r".into(),
-            agent_id: "a".into(),
-            agent_version: "v".into(),
-            step_index: step,
-            timestamp: 1000.0 + step as f64,
-            payload: Map::new(),
-            parent_run_id: None,
         }
     }
 
