@@ -1,12 +1,7 @@
 -- Installed last by CREATE EXTENSION: the public ingest entry point, views, and privileges.
 
--- The agents' entry point. SECURITY DEFINER so the ingest role needs no table privileges;
--- the search_path is pinned. The JSON is handed to the Rust code as text so that it parses
--- numbers with correct rounding and turns every malformed input into a precise SQL error.
-CREATE FUNCTION dunetrace.ingest(api_key text, events jsonb) RETURNS jsonb
-    LANGUAGE sql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$ SELECT dunetrace._ingest(api_key, events::text) $$;
+-- The agents' entry point, dunetrace.ingest(text, jsonb), is a C function (src/ingest.rs):
+-- SECURITY DEFINER so the ingest role needs no table privileges, with a pinned search_path.
 COMMENT ON FUNCTION dunetrace.ingest(text, jsonb) IS
     'Stores a batch of hashed, structural agent events (one object or an array); all-or-nothing.';
 

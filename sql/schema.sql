@@ -98,7 +98,8 @@ CREATE INDEX processed_runs_agent_idx
     ON dunetrace.processed_runs (agent_id, processed_at DESC);
 
 CREATE TABLE dunetrace.failure_signals (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               bigint GENERATED ALWAYS AS IDENTITY
+                         (SEQUENCE NAME dunetrace.failure_signals_id_seq) PRIMARY KEY,
     failure_type     text             NOT NULL,
     severity         text             NOT NULL CHECK (severity IN ('LOW', 'MEDIUM', 'HIGH', 'CRITICAL')),
     run_id           text             NOT NULL,
@@ -196,7 +197,10 @@ CREATE TABLE dunetrace.deliveries (
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz
-);
+)
+-- Bodies of a few KB (2-4 KB is typical) stay in the row uncompressed: compressing each one
+-- when it is queued (pglz) costs more time than the space it saves is worth.
+WITH (toast_tuple_target = 8160);
 CREATE INDEX deliveries_due_idx ON dunetrace.deliveries (next_attempt_at)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX deliveries_signal_idx ON dunetrace.deliveries (signal_id);

@@ -3,7 +3,7 @@
 
 use crate::errors::invalid;
 use crate::explain::StoredSignal;
-use crate::keys::random_bytes;
+use crate::keys::{oid, random_bytes, Kept};
 use crate::settings;
 use dunetrace_core::explain;
 use dunetrace_core::format::{slack, webhook};
@@ -11,6 +11,17 @@ use dunetrace_core::ids;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use std::collections::HashMap;
+
+thread_local! {
+    static INSERT_DELIVERIES: Kept = const {
+        Kept::new(
+            "INSERT INTO dunetrace.deliveries (destination_id, signal_id, kind, webhook_id, body) \
+             SELECT d, s, 'signal', w, b \
+             FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[]) AS u(d, s, w, b)",
+            &[oid::INT4_ARRAY, oid::INT8_ARRAY, oid::TEXT_ARRAY, oid::TEXT_ARRAY],
+        )
+    };
+}
 
 /// Adds a destination: `slack` (an Incoming Webhook URL; default minimum severity HIGH) or
 /// `webhook` (any URL; signed with `secret` when given; default minimum LOW). Returns its id.
@@ -179,10 +190,9 @@ pub fn enqueue(
         }
     }
     if !d_dest.is_empty() {
+        let stmt = INSERT_DELIVERIES.with(|k| k.get(client))?;
         client.update(
-            "INSERT INTO dunetrace.deliveries (destination_id, signal_id, kind, webhook_id, body) \
-             SELECT d, s, 'signal', w, b FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[]) \
-                    AS u(d, s, w, b)",
+            stmt,
             None,
             &[d_dest.into(), d_signal.into(), d_id.into(), d_body.into()],
         )?;

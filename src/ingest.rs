@@ -1,25 +1,84 @@
-//! `dunetrace.ingest()`: authenticate, validate (core), store events and track runs.
+//! `dunetrace.ingest(api_key text, events jsonb)`: authenticate, validate (core), store events
+//! and track runs.
 //!
-//! The public `dunetrace.ingest(api_key text, events jsonb)` is a SECURITY DEFINER SQL
-//! wrapper (sql/finalize.sql) around `dunetrace._ingest(text, text)`: the JSON text is parsed
-//! here with correctly rounded floats and every malformed input becomes an SQL error.
+//! A C-language SECURITY DEFINER function with a pinned search_path. The batch is printed once
+//! (`jsonb_out`) and parsed by the core, which checks every field with correctly rounded floats;
+//! the payloads stored are then taken from the caller's jsonb value itself, so nothing is
+//! printed and parsed back in.
 
 use crate::errors::{invalid, raise, rejected};
 use crate::keys::{authenticate, oid, random_bytes, Kept};
 use dunetrace_core::{batch, ids, validate};
+use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+
+/// A `jsonb` argument kept as the datum Postgres passed; valid for the call.
+pub struct JsonbArg(pg_sys::Datum);
+
+impl FromDatum for JsonbArg {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then_some(JsonbArg(datum))
+    }
+}
+
+// SAFETY: declared `jsonb` in SQL, and only ever read as a jsonb datum.
+unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbArg, arg_only = "jsonb");
+
+impl JsonbArg {
+    /// The value as JSON text (`jsonb_out`), handed to `f`; freed afterwards.
+    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        // SAFETY: the datum is a jsonb value for the duration of the call; jsonb_out returns
+        // a palloc'd, NUL-terminated string (checked to be UTF-8 below).
+        unsafe {
+            let text =
+                pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
+                    .expect("jsonb_out returns a string");
+            let out = match text.to_str() {
+                Ok(s) => f(s),
+                Err(_) => invalid("dunetrace.ingest: events are not valid UTF-8"),
+            };
+            pg_sys::pfree(text.as_ptr().cast_mut().cast());
+            out
+        }
+    }
+
+    /// The datum as a `jsonb` statement parameter.
+    fn param(&self) -> DatumWithOid<'_> {
+        // SAFETY: the datum is a jsonb value that outlives the statement it is bound to.
+        unsafe { DatumWithOid::new(self.0, pg_sys::JSONBOID) }
+    }
+}
 
 thread_local! {
     static INSERT_EVENTS: Kept = const {
         Kept::new(
             "INSERT INTO dunetrace.events (batch_id, event_type, run_id, agent_id, agent_version, \
                                            step_index, \"timestamp\", payload, parent_run_id) \
-             SELECT $1::uuid, t, r, a, v, s, ts, p::jsonb, pr \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-                         $7::float8[], $8::text[], $9::text[]) AS u(t, r, a, v, s, ts, p, pr)",
+             SELECT $1, t, r, a, v, s, ts, \
+                    COALESCE(NULLIF(e -> 'payload', 'null'::jsonb), '{}'::jsonb), pr \
+             FROM ROWS FROM (unnest($2::text[]), unnest($3::text[]), unnest($4::text[]), \
+                             unnest($5::text[]), unnest($6::int4[]), unnest($7::float8[]), \
+                             unnest($8::text[]), \
+                             jsonb_array_elements(CASE jsonb_typeof($9::jsonb) \
+                                                      WHEN 'array' THEN $9::jsonb \
+                                                      ELSE jsonb_build_array($9::jsonb) END)) \
+                  AS u(t, r, a, v, s, ts, pr, e)",
             &[
-                oid::TEXT,
+                oid::UUID,
                 oid::TEXT_ARRAY,
                 oid::TEXT_ARRAY,
                 oid::TEXT_ARRAY,
@@ -27,7 +86,7 @@ thread_local! {
                 oid::INT4_ARRAY,
                 oid::FLOAT8_ARRAY,
                 oid::TEXT_ARRAY,
-                oid::TEXT_ARRAY,
+                oid::JSONB,
             ],
         )
     };
@@ -70,13 +129,17 @@ fn now_epoch() -> f64 {
     ts as f64 / 1e6 + 946_684_800.0
 }
 
-#[pg_extern(name = "_ingest", volatile, parallel_unsafe)]
-fn ingest_text(api_key: Option<&str>, events: Option<&str>) -> pgrx::JsonB {
+/// Stores a batch of hashed, structural agent events (one object or an array); all-or-nothing.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn ingest(api_key: Option<&str>, events: Option<JsonbArg>) -> pgrx::JsonB {
     let key_agent = authenticate(api_key);
-    let Some(text) = events else {
+    let Some(batch) = events else {
         invalid("dunetrace.ingest: events must not be null");
     };
-    let events = validate::parse_batch_text(text, now_epoch()).unwrap_or_else(|e| rejected(&e));
+    let events = batch
+        .with_text(|text| validate::parse_batch_text(text, now_epoch()))
+        .unwrap_or_else(|e| rejected(&e));
     if key_agent != "*" {
         if let Some((i, e)) = events
             .iter()
@@ -93,15 +156,18 @@ fn ingest_text(api_key: Option<&str>, events: Option<&str>) -> pgrx::JsonB {
             );
         }
     }
-    let batch_id = ids::uuid_v4(&random_bytes::<16>());
-    store(&batch_id, &events);
+    let batch_uuid = ids::uuid_v4_bytes(&random_bytes::<16>());
+    store(pgrx::Uuid::from_bytes(batch_uuid), &events, &batch);
+    let batch_id = ids::uuid_v4(&batch_uuid);
     if events.iter().any(|e| e.event_type.is_terminal()) {
         crate::wake::wake_worker_on_commit();
     }
     pgrx::JsonB(serde_json::json!({"accepted": events.len(), "batch_id": batch_id}))
 }
 
-fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
+/// Stores the validated `events`; their payloads are taken from `batch`, the same JSON value
+/// (in the same order) they were parsed from.
+fn store(batch_id: pgrx::Uuid, events: &[dunetrace_core::event::Event], batch: &JsonbArg) {
     let n = events.len();
     let mut types = Vec::with_capacity(n);
     let mut run_ids = Vec::with_capacity(n);
@@ -109,7 +175,6 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
     let mut versions = Vec::with_capacity(n);
     let mut steps = Vec::with_capacity(n);
     let mut stamps = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
     let mut parents = Vec::with_capacity(n);
     for e in events {
         // Borrowed: the arrays below copy them into Postgres memory anyway.
@@ -119,7 +184,6 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
         versions.push(e.agent_version.as_str());
         steps.push(e.step_index);
         stamps.push(e.timestamp);
-        payloads.push(serde_json::to_string(&e.payload).expect("a JSON map serialises"));
         parents.push(e.parent_run_id.as_deref());
     }
     let touches = batch::summarize(events);
@@ -156,8 +220,8 @@ fn store(batch_id: &str, events: &[dunetrace_core::event::Event]) {
                 versions.into(),
                 steps.into(),
                 stamps.into(),
-                payloads.into(),
                 parents.into(),
+                batch.param(),
             ],
         )?;
         let upsert_runs = UPSERT_RUNS.with(|k| k.get(client))?;

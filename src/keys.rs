@@ -54,6 +54,8 @@ pub mod oid {
     pub const INT4_ARRAY: PgOid = PgOid::BuiltIn(B::INT4ARRAYOID);
     pub const INT8_ARRAY: PgOid = PgOid::BuiltIn(B::INT8ARRAYOID);
     pub const FLOAT8_ARRAY: PgOid = PgOid::BuiltIn(B::FLOAT8ARRAYOID);
+    pub const JSONB: PgOid = PgOid::BuiltIn(B::JSONBOID);
+    pub const UUID: PgOid = PgOid::BuiltIn(B::UUIDOID);
     pub const BOOL_ARRAY: PgOid = PgOid::BuiltIn(B::BOOLARRAYOID);
 }
 

@@ -18,6 +18,7 @@ mod ingest;
 mod issues;
 mod keys;
 mod process;
+mod rows;
 mod settings;
 mod wake;
 mod worker;

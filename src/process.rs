@@ -8,10 +8,10 @@
 use crate::errors::invalid;
 use crate::explain::StoredSignal;
 use crate::keys::{oid, Kept};
-use crate::{alerts, issues, settings, wake};
+use crate::{alerts, issues, rows, settings, wake};
 use dunetrace_core::baseline::{RunMetrics, BASELINE_WINDOW};
 use dunetrace_core::detect::DetectorConfig;
-use dunetrace_core::event::{Event, EventType};
+use dunetrace_core::event::{Event, EventType, Payload};
 use dunetrace_core::pipeline::{self, Evaluation};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
@@ -66,7 +66,7 @@ thread_local! {
     };
     static SIGNAL_IDS: Kept = const {
         Kept::new(
-            "SELECT array_agg(nextval(pg_get_serial_sequence('dunetrace.failure_signals', 'id'))), \
+            "SELECT array_agg(nextval('dunetrace.failure_signals_id_seq')), \
                     extract(epoch FROM now())::float8 \
              FROM generate_series(1, $1)",
             &[oid::INT8],
@@ -164,6 +164,13 @@ pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiE
             return Ok(0);
         }
         let ids: Vec<String> = claimed.iter().map(|c| c.run_id.clone()).collect();
+        // Of the batch, only runs processed before (as stalled) have a processed_runs row that
+        // the baselines must not count twice.
+        let again: Vec<String> = claimed
+            .iter()
+            .filter(|c| c.reevaluated)
+            .map(|c| c.run_id.clone())
+            .collect();
         let mut events = load_events(client, &ids)?;
         let prior = prior_signal_types(client, &claimed)?;
         let mut configs: HashMap<String, DetectorConfig> = HashMap::new();
@@ -181,7 +188,7 @@ pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiE
                 configs.insert(key.0.clone(), cfg);
             }
             if !recent.contains_key(&key) {
-                let r = load_recent(client, &key.0, &key.1, &ids)?;
+                let r = load_recent(client, &key.0, &key.1, &again)?;
                 recent.insert(key.clone(), r);
             }
             let cfg = &configs[&key.0];
@@ -245,28 +252,26 @@ fn load_events(
     let stmt = LOAD_EVENTS.with(|k| k.get(client))?;
     let rows = client.select(stmt, None, &[ids.to_vec().into()])?;
     let mut by_run: HashMap<String, Vec<(i64, Event)>> = HashMap::with_capacity(ids.len());
-    for row in rows {
+    use rows::Col::*;
+    let cols = [Text, Text, Int4, Float8, Text, Text, Text, Text, Int8];
+    rows::each_row(&rows, &cols, |row| {
         // Borrowed from the SPI tuple: only what an Event keeps is copied.
-        let run_id: &str = row.get(1)?.unwrap_or_default();
-        let type_name: &str = row.get(2)?.unwrap_or_default();
-        let Some(event_type) = EventType::parse(type_name) else {
-            continue;
+        let run_id = row.text(0).unwrap_or_default();
+        let Some(event_type) = row.text(1).and_then(EventType::parse) else {
+            return;
         };
-        let payload_text: &str = row.get(5)?.unwrap_or_default();
-        let payload = match serde_json::from_str::<Value>(payload_text) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        let id: i64 = row.get(9)?.unwrap_or_default();
+        let payload =
+            serde_json::from_str::<Payload>(row.text(4).unwrap_or("{}")).unwrap_or_default();
+        let id = row.int8(8).unwrap_or_default();
         let event = Event {
             event_type,
             run_id: run_id.to_string(),
-            agent_id: row.get(6)?.unwrap_or_default(),
-            agent_version: row.get(7)?.unwrap_or_default(),
-            step_index: row.get(3)?.unwrap_or_default(),
-            timestamp: row.get(4)?.unwrap_or_default(),
+            agent_id: row.text(5).unwrap_or_default().to_string(),
+            agent_version: row.text(6).unwrap_or_default().to_string(),
+            step_index: row.int4(2).unwrap_or_default(),
+            timestamp: row.float8(3).unwrap_or_default(),
             payload,
-            parent_run_id: row.get(8)?,
+            parent_run_id: row.text(7).map(str::to_string),
         };
         match by_run.get_mut(run_id) {
             Some(evs) => evs.push((id, event)),
@@ -274,7 +279,7 @@ fn load_events(
                 by_run.insert(run_id.to_string(), vec![(id, event)]);
             }
         }
-    }
+    })?;
     // Each run's events in id order (ids are unique, so the order is total).
     let out = by_run
         .into_iter()
@@ -418,7 +423,7 @@ impl Writes {
         self.p_trigger.push(c.trigger.clone());
         self.p_error.push(None);
         self.p_completed.push(e.metrics.completed);
-        self.p_metrics.push(Some(e.metrics.to_json().to_string()));
+        self.p_metrics.push(Some(e.metrics.to_json_text()));
     }
 
     fn push_error(&mut self, c: &Claimed, first: Option<&Event>, msg: &str) {

@@ -26,7 +26,7 @@ pub struct Result {
 }
 
 pub fn measure(ctx: &Ctx, receiver: &Receiver, key: &str) -> Result {
-    let (chunks, per_chunk) = if ctx.quick { (3, 500) } else { (10, 10_000) };
+    let (chunks, per_chunk) = if ctx.quick { (3, 500) } else { (20, 10_000) };
     let mut c = ctx.connect(DB);
     let pid = worker_pid(&mut c, Duration::from_secs(30));
     let mut fresh = ctx.connect(DB);
@@ -61,6 +61,17 @@ pub fn measure(ctx: &Ctx, receiver: &Receiver, key: &str) -> Result {
             .get(0);
         let now_pid = worker_pid(&mut c, Duration::from_secs(30));
         r.pid_changed |= now_pid != pid;
+        // Read once the worker is idle again (waiting on its latch), as an operator would see
+        // it between bursts of traffic.
+        wait_until(
+            &mut c,
+            &format!(
+                "SELECT COALESCE((SELECT wait_event_type = 'Extension' FROM pg_stat_activity \
+                                  WHERE pid = {now_pid}), false)"
+            ),
+            Duration::from_secs(60),
+            "the worker to be idle",
+        );
         let p = Point {
             processed,
             worker: mem_of(now_pid).unwrap_or_default(),

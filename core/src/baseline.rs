@@ -6,7 +6,7 @@
 //! (steps whose first event is `tool.called` / `llm.called`), not the original's
 //! gap-to-the-next-call-of-the-same-type.
 
-use crate::event::EventType;
+use crate::event::{EventType, Payload};
 use crate::run::{Baselines, RunState};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -44,7 +44,7 @@ const TOKEN_GROWTH_MIN_TOKENS: f64 = 10.0;
 const TOKEN_GROWTH_MIN_MAX_TOKENS: f64 = 2000.0;
 const LLM_TOOL_RATIO_MIN_LLM_CALLS: usize = 5;
 
-fn num(payload: &Map<String, Value>, key: &str) -> Option<f64> {
+fn num(payload: &Payload, key: &str) -> Option<f64> {
     payload
         .get(key)
         .and_then(Value::as_f64)
@@ -252,6 +252,51 @@ impl RunMetrics {
         o.insert("total_tokens".into(), opt_f64(self.total_tokens));
         o.insert("duration_s".into(), opt_f64(self.duration_s));
         Value::Object(o)
+    }
+
+    /// [`RunMetrics::to_json`] as JSON text, written directly (one per processed run).
+    pub fn to_json_text(&self) -> String {
+        use std::fmt::Write;
+        fn num(out: &mut String, v: Option<f64>) {
+            match v.filter(|f| f.is_finite()) {
+                // Debug prints the shortest text that reads back as the same f64, and valid
+                // JSON for every finite value ("1.0", "0.25", "1e21").
+                Some(f) => {
+                    let _ = write!(out, "{f:?}");
+                }
+                None => out.push_str("null"),
+            }
+        }
+        fn ints(out: &mut String, v: &[i64]) {
+            out.push('[');
+            for (i, x) in v.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{x}");
+            }
+            out.push(']');
+        }
+        let mut out =
+            String::with_capacity(160 + 8 * (self.tool_step_ms.len() + self.llm_step_ms.len()));
+        let _ = write!(
+            out,
+            "{{\"completed\":{},\"steps\":{},\"tool_step_ms\":",
+            self.completed, self.steps
+        );
+        ints(&mut out, &self.tool_step_ms);
+        out.push_str(",\"llm_step_ms\":");
+        ints(&mut out, &self.llm_step_ms);
+        out.push_str(",\"token_growth\":");
+        num(&mut out, self.token_growth);
+        out.push_str(",\"llm_tool_ratio\":");
+        num(&mut out, self.llm_tool_ratio);
+        out.push_str(",\"total_tokens\":");
+        num(&mut out, self.total_tokens);
+        out.push_str(",\"duration_s\":");
+        num(&mut out, self.duration_s);
+        out.push('}');
+        out
     }
 
     /// Reads the jsonb form back. `None` if `v` is not an object; a missing or mistyped field
@@ -526,10 +571,24 @@ mod tests {
                 "duration_s": 0.1
             })
         );
-        assert_eq!(RunMetrics::from_json(&v), Some(m));
+        assert_eq!(RunMetrics::from_json(&v), Some(m.clone()));
         let text = serde_json::to_string(&v).unwrap();
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(RunMetrics::from_json(&back), RunMetrics::from_json(&v));
+        // The directly written text is the same JSON and reads back the same, for odd floats too.
+        let direct: Value = serde_json::from_str(&m.to_json_text()).unwrap();
+        assert_eq!(direct, v);
+        for f in [1e21, 1e-7, 0.1 + 0.2, 123456.789, f64::MAX, 5e-324] {
+            let odd = RunMetrics {
+                duration_s: Some(f),
+                token_growth: Some(f64::NAN),
+                ..m.clone()
+            };
+            let back: Value = serde_json::from_str(&odd.to_json_text()).unwrap();
+            let read = RunMetrics::from_json(&back).unwrap();
+            assert_eq!(read.duration_s, Some(f));
+            assert_eq!(read.token_growth, None);
+        }
         assert_eq!(RunMetrics::from_json(&json!(3)), None);
         assert_eq!(
             RunMetrics::from_json(&json!({"completed": true, "total_tokens": 5})),

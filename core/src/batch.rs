@@ -61,7 +61,6 @@ pub fn summarize(events: &[Event]) -> Vec<RunTouch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
 
     fn e(run: &str, t: EventType, step: i32) -> Event {
         Event {
@@ -71,7 +70,7 @@ mod tests {
             agent_version: "v".into(),
             step_index: step,
             timestamp: 0.0,
-            payload: Map::new(),
+            payload: crate::event::Payload::new(),
             parent_run_id: None,
         }
     }

@@ -3,6 +3,8 @@
 //! One definition serves the extension (validation, storage, run reconstruction) and the
 //! client crate (building events), so both sides always agree on the shape.
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 /// Every event type the extension accepts (V4 core set plus `policy.triggered`).
@@ -75,6 +77,79 @@ impl std::fmt::Display for EventType {
     }
 }
 
+/// An event's payload object: its keys in the order they were sent (a repeated key keeps its
+/// first position and its last value, as a JSON object read by serde_json does). A payload has
+/// a handful of keys, so looking one up along a short list is cheaper than hashing it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Payload(Vec<(String, Value)>);
+
+impl Payload {
+    pub fn new() -> Payload {
+        Payload(Vec::new())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Sets `key` (replacing its value when present).
+    pub fn insert(&mut self, key: String, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl From<Map<String, Value>> for Payload {
+    fn from(map: Map<String, Value>) -> Payload {
+        Payload(map.into_iter().collect())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    /// A JSON object; anything else is an error.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Payload, D::Error> {
+        struct PayloadVisitor;
+        impl<'de> Visitor<'de> for PayloadVisitor {
+            type Value = Payload;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Payload, A::Error> {
+                let mut p = Payload(Vec::with_capacity(access.size_hint().unwrap_or(8)));
+                while let Some((k, v)) = access.next_entry::<String, Value>()? {
+                    p.insert(k, v);
+                }
+                Ok(p)
+            }
+        }
+        deserializer.deserialize_map(PayloadVisitor)
+    }
+}
+
 /// One validated event: the envelope fields plus its payload object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -85,7 +160,7 @@ pub struct Event {
     pub step_index: i32,
     /// Unix epoch seconds (the agent's clock).
     pub timestamp: f64,
-    pub payload: Map<String, Value>,
+    pub payload: Payload,
     pub parent_run_id: Option<String>,
 }
 
@@ -121,7 +196,7 @@ pub(crate) fn test_event(t: EventType, step: i32, ts: f64, payload: Value) -> Ev
         agent_version: "v".into(),
         step_index: step,
         timestamp: ts,
-        payload: payload.as_object().cloned().unwrap_or_default(),
+        payload: payload.as_object().cloned().unwrap_or_default().into(),
         parent_run_id: None,
     }
 }

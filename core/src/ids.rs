@@ -38,11 +38,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// A version-4 UUID in canonical text form.
-pub fn uuid_v4(random: &[u8; 16]) -> String {
+/// The bytes of a version-4 UUID made from `random`.
+pub fn uuid_v4_bytes(random: &[u8; 16]) -> [u8; 16] {
     let mut b = *random;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+/// A version-4 UUID in canonical text form.
+pub fn uuid_v4(random: &[u8; 16]) -> String {
+    let b = uuid_v4_bytes(random);
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",

@@ -3,7 +3,7 @@
 //! Semantics follow upstream-behaviour.md §2 with the contract's §3.3 and §3.12 fixes
 //! (first-write-wins step durations; external signals collected and kept out of durations).
 
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Payload};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
@@ -147,7 +147,7 @@ fn str_value(v: Option<&Value>) -> Option<String> {
 }
 
 /// `payload.get("model", "unknown")`: a missing key gives `"unknown"`, `null` gives `None`.
-fn model_of(p: &Map<String, Value>) -> Option<String> {
+fn model_of(p: &Payload) -> Option<String> {
     match p.get("model") {
         None => Some("unknown".to_owned()),
         Some(v) => str_value(Some(v)),
@@ -308,7 +308,7 @@ mod tests {
             agent_version: "abcd1234".into(),
             step_index: step,
             timestamp: ts,
-            payload: payload.as_object().cloned().unwrap_or_default(),
+            payload: payload.as_object().cloned().unwrap_or_default().into(),
             parent_run_id: None,
         }
     }

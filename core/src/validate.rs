@@ -6,7 +6,8 @@
 //! be smuggled in. One bad event rejects the whole batch; the error names the event's index and
 //! field but never echoes the offending value (it may be the very content we refuse to store).
 
-use crate::event::{Event, EventType};
+use crate::envelope::{Batch, Envelope, Node};
+use crate::event::{Event, EventType, Payload};
 use serde_json::{Map, Value};
 
 /// Most events one `ingest()` call accepts.
@@ -89,14 +90,14 @@ fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_-.:/@+=#~".contains(c)
 }
 
-fn check_name(field: &str, v: &Value, allow_empty: bool) -> Res<String> {
+fn name_str<'v>(field: &str, v: &'v Value, allow_empty: bool) -> Res<&'v str> {
     let s = match v.as_str() {
         Some(s) => s,
         None => return wrong_type(field, "a string", v),
     };
     if s.is_empty() {
         if allow_empty {
-            return Ok(String::new());
+            return Ok("");
         }
         return err(ErrorKind::InvalidValue, field, "must not be empty");
     }
@@ -116,7 +117,11 @@ fn check_name(field: &str, v: &Value, allow_empty: bool) -> Res<String> {
              free text is not accepted",
         );
     }
-    Ok(s.to_string())
+    Ok(s)
+}
+
+fn check_name(field: &str, v: &Value, allow_empty: bool) -> Res<String> {
+    name_str(field, v, allow_empty).map(str::to_string)
 }
 
 /// Checks a short identifier (no whitespace, at most [`MAX_NAME_LEN`] characters).
@@ -193,7 +198,7 @@ fn check_scalar(field: &str, v: &Value) -> Res<()> {
     match v {
         Value::Null | Value::Bool(_) => Ok(()),
         Value::Number(_) => check_float(field, v),
-        Value::String(_) => check_name(field, v, true).map(|_| ()),
+        Value::String(_) => name_str(field, v, true).map(|_| ()),
         _ => wrong_type(field, "a number, boolean, null or short name", v),
     }
 }
@@ -211,7 +216,11 @@ fn check_names_list(field: &str, v: &Value, max: usize) -> Res<()> {
         );
     }
     for (i, item) in items.iter().enumerate() {
-        check_name(&format!("{field}[{i}]"), item, false)?;
+        // The item's path is only spelled out for an error.
+        name_str("", item, false).map_err(|mut e| {
+            e.field = format!("{field}[{i}]");
+            e
+        })?;
     }
     Ok(())
 }
@@ -366,11 +375,10 @@ pub fn payload_keys(t: EventType) -> Vec<&'static str> {
     schema(t).iter().map(|(k, _)| *k).collect()
 }
 
-fn check_payload(t: EventType, payload: &Map<String, Value>) -> Res<()> {
+fn check_payload<'a>(t: EventType, payload: impl Iterator<Item = (&'a str, &'a Value)>) -> Res<()> {
     let fields = schema(t);
     for (k, v) in payload {
-        let path = format!("payload.{k}");
-        let kind = match fields.iter().find(|(name, _)| name == k) {
+        let kind = match fields.iter().find(|(name, _)| *name == k) {
             Some((_, kind)) => *kind,
             None => {
                 return unknown_key(
@@ -384,27 +392,95 @@ fn check_payload(t: EventType, payload: &Map<String, Value>) -> Res<()> {
         if v.is_null() {
             continue;
         }
-        match kind {
-            Field::Digest => check_digest(&path, v)?,
-            Field::Name => check_name(&path, v, true).map(|_| ())?,
-            Field::Count => check_count(&path, v)?,
-            Field::Float => check_float(&path, v)?,
-            Field::Bool => check_bool(&path, v)?,
-            Field::Names => check_names_list(&path, v, MAX_TOOLS)?,
-            Field::Meta => check_meta(&path, v)?,
-            Field::Injection => check_injection(&path, v)?,
-            Field::ScalarOrNames if v.is_array() => check_names_list(&path, v, MAX_PATTERNS)?,
-            Field::ScalarOrNames => check_scalar(&path, v)?,
-        }
+        // Checked under the bare key; the `payload.` path is only spelled out for an error.
+        let checked = match kind {
+            Field::Digest => check_digest(k, v),
+            Field::Name => name_str(k, v, true).map(|_| ()),
+            Field::Count => check_count(k, v),
+            Field::Float => check_float(k, v),
+            Field::Bool => check_bool(k, v),
+            Field::Names => check_names_list(k, v, MAX_TOOLS),
+            Field::Meta => check_meta(k, v),
+            Field::Injection => check_injection(k, v),
+            Field::ScalarOrNames if v.is_array() => check_names_list(k, v, MAX_PATTERNS),
+            Field::ScalarOrNames => check_scalar(k, v),
+        };
+        checked.map_err(|mut e| {
+            e.field = format!("payload.{}", e.field);
+            e
+        })?;
     }
     Ok(())
 }
 
-const ENVELOPE_KEYS: &str =
-    "event_type, run_id, agent_id, agent_version, step_index, timestamp, payload, parent_run_id";
+const ENVELOPE: [&str; 8] = [
+    "event_type",
+    "run_id",
+    "agent_id",
+    "agent_version",
+    "step_index",
+    "timestamp",
+    "payload",
+    "parent_run_id",
+];
 
-fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Res<&'a Value> {
-    match obj.get(key) {
+/// The envelope fields other than `payload`, as [`check_event`] reads them: from a JSON map
+/// (an event built in memory) or from a [`Payload`] list (a batch read from text).
+trait Fields {
+    fn field(&self, key: &str) -> Option<&Value>;
+    /// The first key, in order, that an envelope may not have.
+    fn unknown_key(&self) -> Option<&str>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+    fn unknown_key(&self) -> Option<&str> {
+        self.keys()
+            .map(String::as_str)
+            .find(|k| !ENVELOPE.contains(k))
+    }
+}
+
+impl Fields for Payload {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+    fn unknown_key(&self) -> Option<&str> {
+        self.iter().map(|(k, _)| k).find(|k| !ENVELOPE.contains(k))
+    }
+}
+
+/// An envelope's `payload`, wherever it was read from.
+enum PayloadRef<'a> {
+    /// Missing or `null`.
+    Absent,
+    Map(&'a Map<String, Value>),
+    List(&'a Payload),
+    Other(&'a Value),
+}
+
+impl<'a> PayloadRef<'a> {
+    fn of_value(v: Option<&'a Value>) -> PayloadRef<'a> {
+        match v {
+            None | Some(Value::Null) => PayloadRef::Absent,
+            Some(Value::Object(m)) => PayloadRef::Map(m),
+            Some(other) => PayloadRef::Other(other),
+        }
+    }
+
+    fn of_node(n: Option<&'a Node<Payload>>) -> PayloadRef<'a> {
+        match n {
+            None | Some(Node::Other(Value::Null)) => PayloadRef::Absent,
+            Some(Node::Object(p)) => PayloadRef::List(p),
+            Some(Node::Other(other)) => PayloadRef::Other(other),
+        }
+    }
+}
+
+fn required<'a>(obj: &'a impl Fields, key: &str) -> Res<&'a Value> {
+    match obj.field(key) {
         Some(v) if !v.is_null() => Ok(v),
         _ => err(ErrorKind::InvalidValue, key, "is required"),
     }
@@ -416,10 +492,26 @@ pub fn parse_event(v: &Value, now: f64) -> Res<Event> {
         Some(o) => o,
         None => return wrong_type("", "an event object", v),
     };
-    for k in obj.keys() {
-        if !ENVELOPE_KEYS.split(", ").any(|e| e == k) {
-            return unknown_key("", k, ENVELOPE_KEYS);
-        }
+    let mut event = check_event(obj, PayloadRef::of_value(obj.get("payload")), now)?;
+    if let Some(Value::Object(p)) = obj.get("payload") {
+        event.payload = p.clone().into();
+    }
+    Ok(event)
+}
+
+/// [`parse_event`] for an envelope read from text: its payload is moved, not copied.
+fn parse_envelope(e: Envelope, now: f64) -> Res<Event> {
+    let mut event = check_event(&e.fields, PayloadRef::of_node(e.payload.as_ref()), now)?;
+    if let Some(Node::Object(p)) = e.payload {
+        event.payload = p;
+    }
+    Ok(event)
+}
+
+/// Checks an envelope; the event returned has an empty payload (the payload is checked).
+fn check_event(obj: &impl Fields, payload: PayloadRef<'_>, now: f64) -> Res<Event> {
+    if let Some(k) = obj.unknown_key() {
+        return unknown_key("", k, &ENVELOPE.join(", "));
     }
     let et = required(obj, "event_type")?;
     let et_str = match et.as_str() {
@@ -458,7 +550,7 @@ pub fn parse_event(v: &Value, now: f64) -> Res<Event> {
         }
         None => return wrong_type("step_index", "an integer", step),
     };
-    let timestamp = match obj.get("timestamp") {
+    let timestamp = match obj.field("timestamp") {
         None | Some(Value::Null) => now,
         Some(t) => match t.as_f64() {
             Some(x) if x.is_finite() => x,
@@ -466,13 +558,13 @@ pub fn parse_event(v: &Value, now: f64) -> Res<Event> {
             None => return wrong_type("timestamp", "a number (unix epoch seconds)", t),
         },
     };
-    let payload = match obj.get("payload") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(p)) => p.clone(),
-        Some(p) => return wrong_type("payload", "an object", p),
-    };
-    check_payload(event_type, &payload)?;
-    let parent_run_id = match obj.get("parent_run_id") {
+    match payload {
+        PayloadRef::Absent => {}
+        PayloadRef::Map(m) => check_payload(event_type, m.iter().map(|(k, v)| (k.as_str(), v)))?,
+        PayloadRef::List(p) => check_payload(event_type, p.iter())?,
+        PayloadRef::Other(p) => return wrong_type("payload", "an object", p),
+    }
+    let parent_run_id = match obj.field("parent_run_id") {
         None | Some(Value::Null) => None,
         Some(p) => Some(check_name("parent_run_id", p, false)?),
     };
@@ -483,17 +575,31 @@ pub fn parse_event(v: &Value, now: f64) -> Res<Event> {
         agent_version,
         step_index,
         timestamp,
-        payload,
+        payload: Payload::new(),
         parent_run_id,
     })
 }
 
 /// Validates a batch: one envelope object or an array of 1..=`MAX_BATCH` envelopes.
 pub fn parse_batch(v: &Value, now: f64) -> Res<Vec<Event>> {
-    let items: Vec<&Value> = match v {
-        Value::Object(_) => vec![v],
-        Value::Array(a) => a.iter().collect(),
-        _ => return wrong_type("events", "an event object or an array of events", v),
+    // The same path as text, so both always agree.
+    parse_batch_text(&v.to_string(), now)
+}
+
+/// Parses JSON text and validates it as a batch.
+pub fn parse_batch_text(text: &str, now: f64) -> Res<Vec<Event>> {
+    let batch: Batch = serde_json::from_str(text).map_err(|e| ValidationError {
+        kind: ErrorKind::InvalidType,
+        index: None,
+        field: "events".into(),
+        message: format!("is not valid JSON ({e})"),
+    })?;
+    let items = match batch {
+        Batch::One(e) => vec![Node::Object(e)],
+        Batch::Many(items) => items,
+        Batch::Other(v) => {
+            return wrong_type("events", "an event object or an array of events", &v)
+        }
     };
     if items.is_empty() {
         return err(
@@ -513,26 +619,19 @@ pub fn parse_batch(v: &Value, now: f64) -> Res<Vec<Event>> {
         );
     }
     items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            parse_event(item, now).map_err(|mut e| {
+            let parsed = match item {
+                Node::Object(e) => parse_envelope(e, now),
+                Node::Other(v) => wrong_type("", "an event object", &v),
+            };
+            parsed.map_err(|mut e| {
                 e.index = Some(i);
                 e
             })
         })
         .collect()
-}
-
-/// Parses JSON text and validates it as a batch.
-pub fn parse_batch_text(text: &str, now: f64) -> Res<Vec<Event>> {
-    let v: Value = serde_json::from_str(text).map_err(|e| ValidationError {
-        kind: ErrorKind::InvalidType,
-        index: None,
-        field: "events".into(),
-        message: format!("is not valid JSON ({e})"),
-    })?;
-    parse_batch(&v, now)
 }
 
 #[cfg(test)]
@@ -787,6 +886,49 @@ mod tests {
     }
 
     /// Payloads exactly as the hashed SDK releases (0.3.x) and their integrations emit them.
+    #[test]
+    fn text_batches_and_in_memory_events_are_checked_alike() {
+        let base = || {
+            json!({"event_type": "tool.called", "run_id": "r", "agent_id": "a",
+                   "agent_version": "v", "step_index": 1, "timestamp": 5.5,
+                   "payload": {"tool_name": "search", "args_hash": H16}})
+        };
+        let mut cases = vec![base()];
+        for (k, v) in [
+            ("payload", json!(null)),
+            ("payload", json!([1])),
+            ("payload", json!("x")),
+            ("payload", json!({"tool_name": "has space"})),
+            ("payload", json!({"tool_name": "s", "prompt": "hi"})),
+            ("extra", json!(1)),
+            ("step_index", json!(1.5)),
+            ("timestamp", json!("now")),
+            ("run_id", json!(null)),
+            ("parent_run_id", json!("p")),
+        ] {
+            let mut e = base();
+            e[k] = v;
+            cases.push(e);
+        }
+        let mut no_payload = base();
+        no_payload.as_object_mut().unwrap().remove("payload");
+        cases.push(no_payload);
+        cases.push(json!(7));
+        for case in cases {
+            let in_memory = parse_event(&case, 0.0).map_err(|mut e| {
+                e.index = Some(0);
+                e
+            });
+            let text = parse_batch_text(&json!([case]).to_string(), 0.0);
+            assert_eq!(text, in_memory.map(|e| vec![e]), "{case}");
+        }
+        // A repeated key keeps its last value, as a JSON map does.
+        let dup = r#"[{"event_type":"tool.called","run_id":"r","agent_id":"a","agent_version":"v",
+                      "step_index":1,"payload":{"tool_name":"a b","tool_name":"ok"}}]"#;
+        let e = parse_batch_text(dup, 0.0).unwrap();
+        assert_eq!(e[0].str("tool_name"), Some("ok"));
+    }
+
     #[test]
     fn sdk_0_3_payloads_are_accepted() {
         let cases = [

@@ -128,6 +128,48 @@ mod tests {
     }
 
     #[pg_test]
+    fn stored_payloads_are_the_ones_sent_in_order() {
+        use serde_json::json;
+        let k = key("agent-a");
+        let batch = all_types();
+        assert_eq!(try_ingest(&k, batch.clone()), "ok");
+        let stored = Spi::get_one::<pgrx::JsonB>(
+            "SELECT jsonb_agg(payload ORDER BY id) FROM dunetrace.events",
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+        let sent: Vec<serde_json::Value> = batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["payload"].clone())
+            .collect();
+        assert_eq!(stored, serde_json::Value::Array(sent));
+        // A single object, a null payload and a missing one.
+        let one = json!({"event_type": "tool.called", "run_id": "r9", "agent_id": "agent-a",
+                         "agent_version": "v1", "step_index": 1,
+                         "payload": {"tool_name": "search", "args_hash": H16}});
+        assert_eq!(try_ingest(&k, one), "ok");
+        let mut null_payload = ev("tool.called", 4, json!(null));
+        null_payload["run_id"] = json!("r10");
+        let mut missing = ev("tool.called", 5, json!(null));
+        missing["run_id"] = json!("r10");
+        missing.as_object_mut().unwrap().remove("payload");
+        assert_eq!(try_ingest(&k, json!([null_payload, missing])), "ok");
+        let got = Spi::get_one::<pgrx::JsonB>(
+            "SELECT jsonb_agg(payload ORDER BY id) FROM dunetrace.events WHERE run_id IN ('r9', 'r10')",
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+        assert_eq!(
+            got,
+            json!([{"tool_name": "search", "args_hash": H16}, {}, {}])
+        );
+    }
+
+    #[pg_test]
     fn missing_timestamp_defaults_to_now_and_single_object_accepted() {
         let k = key("agent-a");
         let e = serde_json::json!({"event_type": "run.started", "run_id": "r2", "agent_id": "agent-a",
@@ -336,10 +378,7 @@ mod tests {
             );
             assert!(got.starts_with("42501"), "{table}: {got}");
         }
-        let got = try_sql(
-            "SELECT dunetrace._ingest('x', '[]')",
-            Some("dunetrace_ingest"),
-        );
+        let got = try_sql("SELECT dunetrace.process_runs()", Some("dunetrace_ingest"));
         assert!(got.starts_with("42501"), "{got}");
         let got = try_sql(
             "SELECT dunetrace.create_api_key('x')",

@@ -314,7 +314,7 @@ mod tests {
             agent_version: "v1".into(),
             step_index: step,
             timestamp: ts,
-            payload: Map::new(),
+            payload: crate::event::Payload::new(),
             parent_run_id: None,
         }
     }
