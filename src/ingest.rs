@@ -3,8 +3,8 @@
 //!
 //! A C-language SECURITY DEFINER function with a pinned search_path. The batch is printed once
 //! (`jsonb_out`) and parsed by the core, which checks every field with correctly rounded floats;
-//! the payloads stored are then taken from the caller's jsonb value itself, so nothing is
-//! printed and parsed back in.
+//! the rows stored are then read from the caller's jsonb value itself (`jsonb_to_recordset`,
+//! with the validated timestamps alongside), so nothing is printed and parsed back in.
 
 use crate::errors::{invalid, raise, rejected};
 use crate::keys::{authenticate, oid, random_bytes, Kept};
@@ -68,26 +68,17 @@ thread_local! {
         Kept::new(
             "INSERT INTO dunetrace.events (batch_id, event_type, run_id, agent_id, agent_version, \
                                            step_index, \"timestamp\", payload, parent_run_id) \
-             SELECT $1, t, r, a, v, s, ts, \
-                    COALESCE(NULLIF(e -> 'payload', 'null'::jsonb), '{}'::jsonb), pr \
-             FROM ROWS FROM (unnest($2::text[]), unnest($3::text[]), unnest($4::text[]), \
-                             unnest($5::text[]), unnest($6::int4[]), unnest($7::float8[]), \
-                             unnest($8::text[]), \
-                             jsonb_array_elements(CASE jsonb_typeof($9::jsonb) \
-                                                      WHEN 'array' THEN $9::jsonb \
-                                                      ELSE jsonb_build_array($9::jsonb) END)) \
-                  AS u(t, r, a, v, s, ts, pr, e)",
-            &[
-                oid::UUID,
-                oid::TEXT_ARRAY,
-                oid::TEXT_ARRAY,
-                oid::TEXT_ARRAY,
-                oid::TEXT_ARRAY,
-                oid::INT4_ARRAY,
-                oid::FLOAT8_ARRAY,
-                oid::TEXT_ARRAY,
-                oid::JSONB,
-            ],
+             SELECT $1, e.event_type, e.run_id, e.agent_id, e.agent_version, e.step_index, \
+                    e.ts, COALESCE(e.payload, '{}'::jsonb), e.parent_run_id \
+             FROM ROWS FROM ( \
+                      jsonb_to_recordset(CASE jsonb_typeof($3) WHEN 'array' THEN $3 \
+                                                               ELSE jsonb_build_array($3) END) \
+                          AS (event_type text, run_id text, agent_id text, agent_version text, \
+                              step_index int4, payload jsonb, parent_run_id text), \
+                      unnest($2::float8[])) \
+                  AS e(event_type, run_id, agent_id, agent_version, step_index, payload, \
+                       parent_run_id, ts)",
+            &[oid::UUID, oid::FLOAT8_ARRAY, oid::JSONB],
         )
     };
     static UPSERT_RUNS: Kept = const {
@@ -168,24 +159,10 @@ fn ingest(api_key: Option<&str>, events: Option<JsonbArg>) -> pgrx::JsonB {
 /// Stores the validated `events`; their payloads are taken from `batch`, the same JSON value
 /// (in the same order) they were parsed from.
 fn store(batch_id: pgrx::Uuid, events: &[dunetrace_core::event::Event], batch: &JsonbArg) {
-    let n = events.len();
-    let mut types = Vec::with_capacity(n);
-    let mut run_ids = Vec::with_capacity(n);
-    let mut agents = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut steps = Vec::with_capacity(n);
-    let mut stamps = Vec::with_capacity(n);
-    let mut parents = Vec::with_capacity(n);
-    for e in events {
-        // Borrowed: the arrays below copy them into Postgres memory anyway.
-        types.push(e.event_type.as_str());
-        run_ids.push(e.run_id.as_str());
-        agents.push(e.agent_id.as_str());
-        versions.push(e.agent_version.as_str());
-        steps.push(e.step_index);
-        stamps.push(e.timestamp);
-        parents.push(e.parent_run_id.as_deref());
-    }
+    // The envelope fields and payloads are read from the caller's jsonb in the INSERT itself:
+    // they were validated from the same value. Timestamps come from the validation (a
+    // missing one is the server clock).
+    let stamps: Vec<f64> = events.iter().map(|e| e.timestamp).collect();
     let touches = batch::summarize(events);
     let mut t_run = Vec::with_capacity(touches.len());
     let mut t_agent = Vec::with_capacity(touches.len());
@@ -212,17 +189,7 @@ fn store(batch_id: pgrx::Uuid, events: &[dunetrace_core::event::Event], batch: &
         client.update(
             insert_events,
             None,
-            &[
-                batch_id.into(),
-                types.into(),
-                run_ids.into(),
-                agents.into(),
-                versions.into(),
-                steps.into(),
-                stamps.into(),
-                parents.into(),
-                batch.param(),
-            ],
+            &[batch_id.into(), stamps.into(), batch.param()],
         )?;
         let upsert_runs = UPSERT_RUNS.with(|k| k.get(client))?;
         client.update(
