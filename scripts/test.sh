@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: lints, unit tests of every crate, the extension's #[pg_test]s, then the
-# client, end-to-end and gateway tests against a real cluster with the worker running.
+# client, end-to-end and gateway tests against a real cluster with the worker running, and a
+# smoke run of the benchmarks (so they keep working; its figures are not published).
 # Idempotent; works as root (test clusters run as the postgres user).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -33,5 +34,8 @@ cargo test -q -p dunetrace-e2e -- --include-ignored --test-threads=1
 
 log "HTTP gateway tests (including the original Python SDK from PyPI)"
 cargo test -q -p dunetrace-gateway -- --include-ignored --test-threads=1
+
+log "benchmark smoke run (bench/run.sh --quick with the extension installed above)"
+bash "$ROOT/bench/run.sh" --quick --skip-install
 
 log "all tests passed"

@@ -442,7 +442,8 @@ fn memory_section(s: &mut String, m: &memory::Result) {
          After the latency runs, chunks of runs (20–60 events, 40 % failing) are ingested by two \
          clients while the worker processes them and sends their alerts to the receiver; after \
          each chunk, once every run is processed and every alert delivered, `/proc/<pid>/status` \
-         of the worker (`pg_stat_activity.backend_type = 'dunetrace'`) is read. `VmRSS` counts \
+         of the worker (`pg_stat_activity.backend_type = 'dunetrace'`) is read once it waits on \
+         its latch again. `VmRSS` counts \
          shared-buffer pages the process has touched (`RssShmem`), which grows towards \
          `shared_buffers` in any backend that reads a lot; the worker's own memory is `RssAnon`. \
          **Baseline**: a fresh backend of the same cluster after one query.\n\n\
@@ -462,10 +463,12 @@ fn memory_section(s: &mut String, m: &memory::Result) {
     let (per_10k, span) = rss_trend(m);
     let _ = writeln!(
         s,
-        "\nThe curve: private memory settles after the first chunk (the working set of a \
-         1000-run batch: its events, the SPI result, allocator arenas of the HTTP sender \
-         threads); from there the least-squares trend is {per_10k:+.0} KiB per 10,000 runs \
-         ({span:+.0} KiB over the measured span){}{}.\n",
+        "\nEach reading is taken once the worker is idle again (waiting on its latch); before it \
+         sleeps the worker hands memory freed by the round back to the operating system \
+         (`malloc_trim`), so `RssAnon` is what it keeps between bursts, not the peak of its last \
+         1000-run batch. The curve: after the first chunk (caches, kept plans, the HTTP client) \
+         the least-squares trend is {per_10k:+.0} KiB per 10,000 runs ({span:+.0} KiB over the \
+         measured span){}{}.\n",
         if rss_flat(m) {
             " — flat: it does not grow with the number of processed runs"
         } else {
