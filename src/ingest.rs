@@ -1,13 +1,15 @@
 //! `dunetrace.ingest(api_key text, events jsonb)`: authenticate, validate (core), store events
 //! and track runs.
 //!
-//! A C-language SECURITY DEFINER function with a pinned search_path. The batch is printed once
-//! (`jsonb_out`) and parsed by the core, which checks every field with correctly rounded floats;
-//! the rows stored are then read from the caller's jsonb value itself (`jsonb_to_recordset`,
+//! A C-language SECURITY DEFINER function with a pinned search_path. The batch is read from the
+//! jsonb value's binary form (`jsonb.rs`; numbers as correctly rounded floats) and checked by
+//! the core; the rows stored are then read from the same jsonb value (`jsonb_to_recordset`,
 //! with the validated timestamps alongside), so nothing is printed and parsed back in.
 
 use crate::errors::{invalid, raise, rejected};
+use crate::jsonb;
 use crate::keys::{authenticate, oid, random_bytes, Kept};
+use dunetrace_core::envelope::Batch;
 use dunetrace_core::{batch, ids, validate};
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::DatumWithOid;
@@ -39,20 +41,13 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
 pgrx::impl_sql_translatable!(JsonbArg, arg_only = "jsonb");
 
 impl JsonbArg {
-    /// The value as JSON text (`jsonb_out`), handed to `f`; freed afterwards.
-    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        // SAFETY: the datum is a jsonb value for the duration of the call; jsonb_out returns
-        // a palloc'd, NUL-terminated string (checked to be UTF-8 below).
+    /// The batch, read from the value's binary form (see `jsonb.rs`).
+    fn batch(&self) -> Result<Batch, jsonb::ReadError> {
+        // SAFETY: the datum is a jsonb value for the duration of the call; detoasting gives a
+        // varlena with a 4-byte header whose data is the root container.
         unsafe {
-            let text =
-                pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
-                    .expect("jsonb_out returns a string");
-            let out = match text.to_str() {
-                Ok(s) => f(s),
-                Err(_) => invalid("dunetrace.ingest: events are not valid UTF-8"),
-            };
-            pg_sys::pfree(text.as_ptr().cast_mut().cast());
-            out
+            let v = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr());
+            jsonb::read_batch(pgrx::varlena::varlena_to_byte_slice(v))
         }
     }
 
@@ -113,6 +108,16 @@ thread_local! {
     };
 }
 
+/// Refuses a batch that is JSON to Postgres but not to the core (as its text would be).
+fn invalid_json(why: &str) -> ! {
+    rejected(&validate::ValidationError {
+        kind: validate::ErrorKind::InvalidType,
+        index: None,
+        field: "events".into(),
+        message: format!("is not valid JSON ({why})"),
+    })
+}
+
 /// Epoch seconds of the server clock.
 fn now_epoch() -> f64 {
     // SAFETY: plain read of the current time.
@@ -128,9 +133,15 @@ fn ingest(api_key: Option<&str>, events: Option<JsonbArg>) -> pgrx::JsonB {
     let Some(batch) = events else {
         invalid("dunetrace.ingest: events must not be null");
     };
-    let events = batch
-        .with_text(|text| validate::parse_batch_text(text, now_epoch()))
-        .unwrap_or_else(|e| rejected(&e));
+    let read = batch.batch().unwrap_or_else(|e| match e {
+        jsonb::ReadError::TooDeep => invalid_json("the events are nested too deeply"),
+        jsonb::ReadError::Number => invalid_json("a number is out of range"),
+        jsonb::ReadError::Corrupt => raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            "dunetrace.ingest: the jsonb value could not be read",
+        ),
+    });
+    let events = validate::validate_batch(read, now_epoch()).unwrap_or_else(|e| rejected(&e));
     if key_agent != "*" {
         if let Some((i, e)) = events
             .iter()

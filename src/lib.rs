@@ -16,6 +16,7 @@ mod fixes;
 mod http;
 mod ingest;
 mod issues;
+mod jsonb;
 mod keys;
 mod process;
 mod rows;

@@ -8,10 +8,10 @@
 use crate::errors::invalid;
 use crate::explain::StoredSignal;
 use crate::keys::{oid, Kept};
-use crate::{alerts, issues, rows, settings, wake};
+use crate::{alerts, issues, jsonb, rows, settings, wake};
 use dunetrace_core::baseline::{RunMetrics, BASELINE_WINDOW};
 use dunetrace_core::detect::DetectorConfig;
-use dunetrace_core::event::{Event, EventType, Payload};
+use dunetrace_core::event::{Event, EventType};
 use dunetrace_core::pipeline::{self, Evaluation};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
@@ -37,7 +37,7 @@ thread_local! {
     // more than ordering each run's few events by id here.
     static LOAD_EVENTS: Kept = const {
         Kept::new(
-            "SELECT run_id, event_type, step_index, \"timestamp\", payload::text, agent_id, \
+            "SELECT run_id, event_type, step_index, \"timestamp\", payload, agent_id, \
                     agent_version, parent_run_id, id \
              FROM dunetrace.events WHERE run_id = ANY($1)",
             &[oid::TEXT_ARRAY],
@@ -253,15 +253,17 @@ fn load_events(
     let rows = client.select(stmt, None, &[ids.to_vec().into()])?;
     let mut by_run: HashMap<String, Vec<(i64, Event)>> = HashMap::with_capacity(ids.len());
     use rows::Col::*;
-    let cols = [Text, Text, Int4, Float8, Text, Text, Text, Text, Int8];
+    let cols = [Text, Text, Int4, Float8, Jsonb, Text, Text, Text, Int8];
     rows::each_row(&rows, &cols, |row| {
         // Borrowed from the SPI tuple: only what an Event keeps is copied.
         let run_id = row.text(0).unwrap_or_default();
         let Some(event_type) = row.text(1).and_then(EventType::parse) else {
             return;
         };
-        let payload =
-            serde_json::from_str::<Payload>(row.text(4).unwrap_or("{}")).unwrap_or_default();
+        let payload = row
+            .jsonb(4)
+            .and_then(|b| jsonb::read_payload(b).ok())
+            .unwrap_or_default();
         let id = row.int8(8).unwrap_or_default();
         let event = Event {
             event_type,

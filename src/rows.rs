@@ -11,6 +11,7 @@ use pgrx::spi::{SpiError, SpiTupleTable};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Col {
     Text,
+    Jsonb,
     Int4,
     Int8,
     Float8,
@@ -20,6 +21,7 @@ impl Col {
     fn oid(self) -> pg_sys::Oid {
         match self {
             Col::Text => pg_sys::TEXTOID,
+            Col::Jsonb => pg_sys::JSONBOID,
             Col::Int4 => pg_sys::INT4OID,
             Col::Int8 => pg_sys::INT8OID,
             Col::Float8 => pg_sys::FLOAT8OID,
@@ -38,19 +40,29 @@ impl<'a> Row<'a> {
         (!self.nulls[i]).then(|| self.values[i])
     }
 
-    /// Column `i` (0-based), declared [`Col::Text`]. Text that is not UTF-8 reads as `None`.
-    pub fn text(&self, i: usize) -> Option<&'a str> {
+    /// The bytes of a varlena column (text, jsonb).
+    fn varlena(&self, i: usize) -> Option<&'a [u8]> {
         let d = self.datum(i)?;
-        // SAFETY: the column is text (checked in `each_row`), so the datum points to a varlena
-        // that lives as long as the result; compressed or out-of-line values are expanded
-        // into the current memory context, which outlives the result.
+        // SAFETY: the column is a varlena type (checked in `each_row`), so the datum points to
+        // a varlena that lives as long as the result; compressed or out-of-line values are
+        // expanded into the current memory context, which outlives the result.
         unsafe {
             let mut v = d.cast_mut_ptr::<pg_sys::varlena>();
             if pgrx::varlena::varatt_is_4b_c(v) || pgrx::varlena::varatt_is_1b_e(v) {
                 v = pg_sys::pg_detoast_datum_packed(v);
             }
-            std::str::from_utf8(pgrx::varlena::varlena_to_byte_slice(v)).ok()
+            Some(pgrx::varlena::varlena_to_byte_slice(v))
         }
+    }
+
+    /// Column `i` (0-based), declared [`Col::Text`]. Text that is not UTF-8 reads as `None`.
+    pub fn text(&self, i: usize) -> Option<&'a str> {
+        self.varlena(i).and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// Column `i`, declared [`Col::Jsonb`]: the value's binary form (see `jsonb.rs`).
+    pub fn jsonb(&self, i: usize) -> Option<&'a [u8]> {
+        self.varlena(i)
     }
 
     /// Column `i`, declared [`Col::Int4`].

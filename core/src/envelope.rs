@@ -1,4 +1,5 @@
-//! Reading a batch from JSON text for validation without building a JSON map per object.
+//! The batch model validation reads, and reading it from JSON text without building a JSON
+//! map per object (the extension also reads it straight from a jsonb value).
 //!
 //! `serde_json::Value` keeps objects in insertion-ordered hash maps; an ingest batch is
 //! hundreds of small objects (an envelope and a payload per event) whose keys are then only

@@ -6,7 +6,7 @@
 pub mod baseline;
 pub mod batch;
 pub mod detect;
-mod envelope;
+pub mod envelope;
 pub mod event;
 pub mod explain;
 pub mod format;

@@ -594,6 +594,12 @@ pub fn parse_batch_text(text: &str, now: f64) -> Res<Vec<Event>> {
         field: "events".into(),
         message: format!("is not valid JSON ({e})"),
     })?;
+    validate_batch(batch, now)
+}
+
+/// Validates a batch already read into envelopes (from JSON text, or from a jsonb value by
+/// the extension).
+pub fn validate_batch(batch: Batch, now: f64) -> Res<Vec<Event>> {
     let items = match batch {
         Batch::One(e) => vec![Node::Object(e)],
         Batch::Many(items) => items,
