@@ -3,26 +3,35 @@
 #[pgrx::pg_schema]
 mod tests {
     use dunetrace_core::validate::{parse_batch_text, validate_batch};
+    use pgrx::datum::DatumWithOid;
     use pgrx::prelude::*;
     use serde_json::{json, Value};
 
     const H16: &str = "0123456789abcdef";
 
-    /// (binary read → validate, text read → validate) for one jsonb literal.
-    fn both(text: &str) -> (String, String) {
+    /// Runs `sql` (one row: a jsonb value and its text) and hands `f` the value's binary form
+    /// and the text.
+    fn with_jsonb<R>(sql: &str, arg: DatumWithOid<'_>, f: impl FnOnce(&[u8], &str) -> R) -> R {
         Spi::connect(|c| {
-            let rows = c
-                .select("SELECT $1::jsonb, $1::jsonb::text", None, &[text.into()])
-                .unwrap();
+            let rows = c.select(sql, None, &[arg]).unwrap();
             let row = rows.first();
             let datum = row.get_datum_by_ordinal(1).unwrap().unwrap();
-            let printed: String = row.get(2).unwrap().unwrap();
+            let text: String = row.get(2).unwrap().unwrap();
             // SAFETY: a jsonb datum of the live SPI result.
-            let read = unsafe {
+            let bytes = unsafe {
                 let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
-                crate::jsonb::read_batch(pgrx::varlena::varlena_to_byte_slice(v))
+                pgrx::varlena::varlena_to_byte_slice(v)
             };
-            let text = format!("{:?}", parse_batch_text(&printed, 0.0));
+            f(bytes, &text)
+        })
+    }
+
+    /// (binary read → validate, text read → validate) for one jsonb literal.
+    fn both(text: &str) -> (String, String) {
+        let sql = "SELECT $1::jsonb, $1::jsonb::text";
+        with_jsonb(sql, text.into(), |bytes, printed| {
+            let read = crate::jsonb::read_batch(bytes);
+            let text = format!("{:?}", parse_batch_text(printed, 0.0));
             let binary = match read {
                 Ok(b) => format!("{:?}", validate_batch(b, 0.0)),
                 // The text path names the line and column; the kind of refusal is the same.
@@ -145,23 +154,10 @@ mod tests {
             .unwrap();
         }
         for i in 0..payloads.len() {
-            Spi::connect(|c| {
-                let rows = c
-                    .select(
-                        "SELECT payload, payload::text FROM p WHERE id = $1",
-                        None,
-                        &[(i as i32).into()],
-                    )
-                    .unwrap();
-                let row = rows.first();
-                let datum = row.get_datum_by_ordinal(1).unwrap().unwrap();
-                let text: String = row.get(2).unwrap().unwrap();
-                // SAFETY: a jsonb datum of the live SPI result.
-                let read = unsafe {
-                    let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
-                    crate::jsonb::read_payload(pgrx::varlena::varlena_to_byte_slice(v)).unwrap()
-                };
-                let parsed = serde_json::from_str::<dunetrace_core::event::Payload>(&text)
+            let sql = "SELECT payload, payload::text FROM p WHERE id = $1";
+            with_jsonb(sql, (i as i32).into(), |bytes, text| {
+                let read = crate::jsonb::read_payload(bytes).unwrap();
+                let parsed = serde_json::from_str::<dunetrace_core::event::Payload>(text)
                     .unwrap_or_default();
                 assert_eq!(read, parsed, "{text}");
             });
