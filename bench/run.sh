@@ -3,7 +3,7 @@
 # starts a cluster of its own in /var/tmp/dunetrace-bench on 127.0.0.1:54350 (the worker runs in
 # database `dunetrace`), runs the `dunetrace-bench` binary, and stops the cluster.
 #
-#   bash bench/run.sh            # full run (about 15 minutes), writes BENCHMARKS.md
+#   bash bench/run.sh            # full run (about 20 minutes), writes BENCHMARKS.md
 #   bash bench/run.sh --quick    # smoke run (under a minute once built), writes
 #                                #   /var/tmp/dunetrace-bench/BENCHMARKS.quick.md
 #   bash bench/run.sh --only ingest,process   # a subset (also: latency, memory, scaling)

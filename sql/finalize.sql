@@ -5,6 +5,12 @@
 COMMENT ON FUNCTION dunetrace.ingest(text, jsonb) IS
     'Stores a batch of hashed, structural agent events (one object or an array); all-or-nothing.';
 
+-- The batch functions run many short statements: JIT compilation (chosen by estimated cost
+-- once tables grow) would cost more than it saves, so they run without it (the worker too).
+ALTER FUNCTION dunetrace.process_runs(integer) SET jit = off;
+ALTER FUNCTION dunetrace.dispatch(integer) SET jit = off;
+ALTER FUNCTION dunetrace.send_digest(boolean) SET jit = off;
+
 -- Views for people and dashboards.
 
 -- One row per run: identity, timing, size, how it ended, how many signals it produced.

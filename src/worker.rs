@@ -72,6 +72,18 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     // SAFETY: sets this backend's application_name shown in pg_stat_activity.
     unsafe { pg_sys::pgstat_report_appname(c"dunetrace worker".as_ptr()) };
+    // The worker's statements are short and many: compiling one with LLVM (JIT, on by default
+    // and chosen by estimated cost once tables grow) costs more than it saves, and loading
+    // LLVM would keep ~50 MiB mapped in the worker for good.
+    // SAFETY: sets a setting of this process, outside any transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"jit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        )
+    };
     wake::publish_worker_latch();
     pgrx::log!("dunetrace worker started in database \"{db}\"");
     let mut wait = Duration::ZERO;

@@ -55,6 +55,17 @@ mod tests {
     }
 
     #[pg_test]
+    fn batch_functions_run_without_jit() {
+        for f in ["process_runs", "dispatch", "send_digest"] {
+            let n = count(&format!(
+                "SELECT count(*) FROM pg_proc WHERE pronamespace = 'dunetrace'::regnamespace \
+                 AND proname = '{f}' AND 'jit=off' = ANY(proconfig)"
+            ));
+            assert_eq!(n, 1, "{f}");
+        }
+    }
+
+    #[pg_test]
     fn completed_run_is_processed_once_with_signals() {
         let k = key();
         ingest(&k, &looping_run("loop-1", "bot", 5, true));
