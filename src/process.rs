@@ -1,9 +1,10 @@
 //! `dunetrace.process_runs()`: claim finished runs, evaluate them in the core, write results.
 //!
-//! One call is one batch in the caller's transaction: claim (SKIP LOCKED) → load events, the
-//! agents' detector settings and recent metrics → `pipeline::evaluate` per run → insert signals,
-//! upsert processed_runs, mark runs processed. Runs are evaluated in the order they finished,
-//! and each run's baselines include the runs evaluated before it in the same batch.
+//! One call is one batch in the caller's transaction: claim (SKIP LOCKED), then per chunk of
+//! runs: load events, the agents' detector settings and recent metrics → `pipeline::evaluate`
+//! per run → insert signals, upsert processed_runs, mark runs processed. Runs are evaluated in
+//! the order they finished, and each run's baselines include the runs evaluated before it in
+//! the same batch.
 
 use crate::errors::invalid;
 use crate::explain::StoredSignal;
@@ -153,74 +154,92 @@ fn process_runs(max_runs: default!(i32, 1000)) -> i32 {
         .unwrap_or_else(|e| invalid(format!("dunetrace.process_runs: {e}")))
 }
 
+/// Runs read, evaluated and written together. A call claims all its runs at once (their locks
+/// are held to the end of the transaction) but works through them in chunks of this many, each
+/// in its own SPI connection, so the events and results held in memory stay bounded however
+/// large `max_runs` is: one call over 10,000 runs costs what ten calls of 1,000 do.
+const CHUNK: usize = 1000;
+
 /// One batch; shared by the SQL function and the background worker.
 pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiError> {
     if max_runs == 0 {
         return Ok(0);
     }
-    Spi::connect_mut(|client| {
-        let claimed = claim(client, max_runs, stall_timeout_secs)?;
-        if claimed.is_empty() {
-            return Ok(0);
+    let claimed = Spi::connect_mut(|client| claim(client, max_runs, stall_timeout_secs))?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    // Of the batch, only runs processed before (as stalled) have a processed_runs row that the
+    // baselines must not count twice.
+    let again: Vec<String> = claimed
+        .iter()
+        .filter(|c| c.reevaluated)
+        .map(|c| c.run_id.clone())
+        .collect();
+    // Kept across chunks: each run's baselines include the runs evaluated before it.
+    let mut configs: HashMap<String, DetectorConfig> = HashMap::new();
+    let mut recent: HashMap<(String, String), VecDeque<RunMetrics>> = HashMap::new();
+    for chunk in claimed.chunks(CHUNK) {
+        Spi::connect_mut(|client| process_chunk(client, chunk, &again, &mut configs, &mut recent))?;
+    }
+    Ok(claimed.len() as i32)
+}
+
+/// Loads, evaluates and writes one chunk of claimed runs, in order.
+fn process_chunk(
+    client: &mut SpiClient<'_>,
+    claimed: &[Claimed],
+    again: &[String],
+    configs: &mut HashMap<String, DetectorConfig>,
+    recent: &mut HashMap<(String, String), VecDeque<RunMetrics>>,
+) -> Result<(), SpiError> {
+    let ids: Vec<String> = claimed.iter().map(|c| c.run_id.clone()).collect();
+    let mut events = load_events(client, &ids)?;
+    let prior = prior_signal_types(client, claimed)?;
+    let mut out = Writes::default();
+    for c in claimed {
+        let evs = events.remove(&c.run_id).unwrap_or_default();
+        let Some(first) = evs.first() else {
+            out.push_error(c, None, "the run has no events");
+            continue;
+        };
+        let key = (first.agent_id.clone(), first.agent_version.clone());
+        if !configs.contains_key(&key.0) {
+            let cfg = load_config(client, &key.0)?;
+            configs.insert(key.0.clone(), cfg);
         }
-        let ids: Vec<String> = claimed.iter().map(|c| c.run_id.clone()).collect();
-        // Of the batch, only runs processed before (as stalled) have a processed_runs row that
-        // the baselines must not count twice.
-        let again: Vec<String> = claimed
-            .iter()
-            .filter(|c| c.reevaluated)
-            .map(|c| c.run_id.clone())
-            .collect();
-        let mut events = load_events(client, &ids)?;
-        let prior = prior_signal_types(client, &claimed)?;
-        let mut configs: HashMap<String, DetectorConfig> = HashMap::new();
-        let mut recent: HashMap<(String, String), VecDeque<RunMetrics>> = HashMap::new();
-        let mut out = Writes::default();
-        for c in &claimed {
-            let evs = events.remove(&c.run_id).unwrap_or_default();
-            let Some(first) = evs.first() else {
-                out.push_error(c, None, "the run has no events");
-                continue;
-            };
-            let key = (first.agent_id.clone(), first.agent_version.clone());
-            if !configs.contains_key(&key.0) {
-                let cfg = load_config(client, &key.0)?;
-                configs.insert(key.0.clone(), cfg);
-            }
-            if !recent.contains_key(&key) {
-                let r = load_recent(client, &key.0, &key.1, &again)?;
-                recent.insert(key.clone(), r);
-            }
-            let cfg = &configs[&key.0];
-            let history = recent.get_mut(&key).expect("inserted above");
-            let already = prior.get(&c.run_id).map(Vec::as_slice).unwrap_or(&[]);
-            let first = first.clone();
-            let hist = history.make_contiguous();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pipeline::evaluate(evs, hist, cfg, already)
-            }));
-            match result {
-                Ok(eval) => {
-                    if eval.metrics.completed {
-                        history.push_front(eval.metrics.clone());
-                        history.truncate(BASELINE_WINDOW);
-                    }
-                    out.push(c, eval);
+        if !recent.contains_key(&key) {
+            let r = load_recent(client, &key.0, &key.1, again)?;
+            recent.insert(key.clone(), r);
+        }
+        let cfg = &configs[&key.0];
+        let history = recent.get_mut(&key).expect("inserted above");
+        let already = prior.get(&c.run_id).map(Vec::as_slice).unwrap_or(&[]);
+        let first = first.clone();
+        let hist = history.make_contiguous();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pipeline::evaluate(evs, hist, cfg, already)
+        }));
+        match result {
+            Ok(eval) => {
+                if eval.metrics.completed {
+                    history.push_front(eval.metrics.clone());
+                    history.truncate(BASELINE_WINDOW);
                 }
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown error".into());
-                    pgrx::warning!("dunetrace: could not process run {}: {msg}", c.run_id);
-                    out.push_error(c, Some(&first), &msg);
-                }
+                out.push(c, eval);
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into());
+                pgrx::warning!("dunetrace: could not process run {}: {msg}", c.run_id);
+                out.push_error(c, Some(&first), &msg);
             }
         }
-        out.write(client)?;
-        Ok(claimed.len() as i32)
-    })
+    }
+    out.write(client)
 }
 
 fn claim(

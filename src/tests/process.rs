@@ -362,4 +362,41 @@ mod tests {
         );
         assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE run_id = 'a-long' AND failure_type = 'STEP_COUNT_INFLATION'"), 1);
     }
+
+    #[pg_test]
+    fn one_call_over_several_chunks_carries_baselines_across_them() {
+        let k = key();
+        // 20 short runs of one agent version, 990 runs of another, then a long run of the
+        // first: one call claims all 1011 and evaluates the long run in its second chunk.
+        for i in 0..20 {
+            ingest(&k, &looping_run(&format!("c-{i:02}"), "chunk-bot", 2, true));
+        }
+        for b in 0..10 {
+            let mut all = Vec::new();
+            for i in 0..99 {
+                let run = looping_run(&format!("f-{b}-{i:02}"), "filler-bot", 1, true);
+                all.extend(run.as_array().unwrap().clone());
+            }
+            ingest(&k, &Value::Array(all));
+        }
+        ingest(&k, &looping_run("c-long", "chunk-bot", 5, true));
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT dunetrace.process_runs(5000)").unwrap(),
+            Some(1011)
+        );
+        assert_eq!(count("SELECT count(*) FROM dunetrace.processed_runs"), 1011);
+        assert_eq!(
+            count("SELECT count(*) FROM dunetrace.runs WHERE processed_trigger IS NULL"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM dunetrace.failure_signals WHERE run_id = 'c-long' AND failure_type = 'STEP_COUNT_INFLATION'"), 1);
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT run_id FROM dunetrace.processed_runs ORDER BY seq DESC LIMIT 1"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("c-long")
+        );
+    }
 }
