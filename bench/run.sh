@@ -87,6 +87,11 @@ if [ $install = 1 ] && ! cmp -s "$DIR.so" "$ROOT/target/release/libdunetrace.so"
     die "the installed library is not target/release/libdunetrace.so"
 fi
 
+if [ $install = 1 ]; then
+    export DUNETRACE_BENCH_BUILD="extension built by \`cargo pgrx install --release\` (fat LTO)"
+else
+    export DUNETRACE_BENCH_BUILD="extension as installed before the run (\`--skip-install\`: its build, release or debug, is not checked)"
+fi
 log "running the benchmarks"
 cargo run -q --release -p dunetrace-bench -- --port "$PORT" --out "$out" "${pass[@]}"
 log "results in $out"

@@ -35,7 +35,7 @@ cargo test -q -p dunetrace-e2e -- --include-ignored --test-threads=1
 log "HTTP gateway tests (including the original Python SDK from PyPI)"
 cargo test -q -p dunetrace-gateway -- --include-ignored --test-threads=1
 
-log "benchmark smoke run (bench/run.sh --quick with the extension installed above)"
+log "benchmark smoke run (bench/run.sh --quick with the debug build installed above: it checks the bench runs, its figures are not judged)"
 bash "$ROOT/bench/run.sh" --quick --skip-install
 
 log "all tests passed"
