@@ -165,37 +165,60 @@ pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiE
     if max_runs == 0 {
         return Ok(0);
     }
-    let claimed = Spi::connect_mut(|client| claim(client, max_runs, stall_timeout_secs))?;
+    let (claimed, again, prior) = Spi::connect_mut(|client| {
+        let claimed = claim(client, max_runs, stall_timeout_secs)?;
+        // Of the batch, only runs processed before (as stalled) have a processed_runs row that
+        // the baselines must not count twice, and signals that must not be stored again.
+        let again: Vec<String> = claimed
+            .iter()
+            .filter(|c| c.reevaluated)
+            .map(|c| c.run_id.clone())
+            .collect();
+        let prior = prior_signal_types(client, &again)?;
+        Ok::<_, SpiError>((claimed, again, prior))
+    })?;
     if claimed.is_empty() {
         return Ok(0);
     }
-    // Of the batch, only runs processed before (as stalled) have a processed_runs row that the
-    // baselines must not count twice.
-    let again: Vec<String> = claimed
-        .iter()
-        .filter(|c| c.reevaluated)
-        .map(|c| c.run_id.clone())
-        .collect();
     // Kept across chunks: each run's baselines include the runs evaluated before it.
-    let mut configs: HashMap<String, DetectorConfig> = HashMap::new();
-    let mut recent: HashMap<(String, String), VecDeque<RunMetrics>> = HashMap::new();
+    let mut batch = Batch {
+        again,
+        prior,
+        configs: HashMap::new(),
+        recent: HashMap::new(),
+    };
     for chunk in claimed.chunks(CHUNK) {
-        Spi::connect_mut(|client| process_chunk(client, chunk, &again, &mut configs, &mut recent))?;
+        Spi::connect_mut(|client| process_chunk(client, chunk, &mut batch))?;
     }
     Ok(claimed.len() as i32)
+}
+
+/// What a call reads once and every chunk uses.
+struct Batch {
+    /// Runs of the batch processed before (as stalled).
+    again: Vec<String>,
+    /// Their stored failure types, by run.
+    prior: HashMap<String, Vec<String>>,
+    /// Detector settings by agent.
+    configs: HashMap<String, DetectorConfig>,
+    /// Each agent version's baseline window, newest first, updated as runs are evaluated.
+    recent: HashMap<(String, String), VecDeque<RunMetrics>>,
 }
 
 /// Loads, evaluates and writes one chunk of claimed runs, in order.
 fn process_chunk(
     client: &mut SpiClient<'_>,
     claimed: &[Claimed],
-    again: &[String],
-    configs: &mut HashMap<String, DetectorConfig>,
-    recent: &mut HashMap<(String, String), VecDeque<RunMetrics>>,
+    batch: &mut Batch,
 ) -> Result<(), SpiError> {
     let ids: Vec<String> = claimed.iter().map(|c| c.run_id.clone()).collect();
     let mut events = load_events(client, &ids)?;
-    let prior = prior_signal_types(client, claimed)?;
+    let Batch {
+        again,
+        prior,
+        configs,
+        recent,
+    } = batch;
     let mut out = Writes::default();
     for c in claimed {
         let evs = events.remove(&c.run_id).unwrap_or_default();
@@ -312,21 +335,17 @@ fn load_events(
     Ok(out)
 }
 
+/// The failure types already stored for runs processed before (`again`), by run.
 fn prior_signal_types(
     client: &mut SpiClient<'_>,
-    claimed: &[Claimed],
+    again: &[String],
 ) -> Result<HashMap<String, Vec<String>>, SpiError> {
-    let again: Vec<String> = claimed
-        .iter()
-        .filter(|c| c.reevaluated)
-        .map(|c| c.run_id.clone())
-        .collect();
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     if again.is_empty() {
         return Ok(out);
     }
     let stmt = PRIOR_SIGNALS.with(|k| k.get(client))?;
-    let rows = client.select(stmt, None, &[again.into()])?;
+    let rows = client.select(stmt, None, &[again.to_vec().into()])?;
     for row in rows {
         let run: String = row.get(1)?.unwrap_or_default();
         out.entry(run)
