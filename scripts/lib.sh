@@ -46,11 +46,24 @@ unlink_installed_library() {
     as_root rm -f "$("$PG_CONFIG" --pkglibdir)/dunetrace.so"
 }
 
+# Installs the released versions' install scripts (sql/dunetrace--X.sql), which
+# `cargo pgrx install` leaves out (it copies only the current one and the upgrade steps), so
+# `CREATE EXTENSION dunetrace VERSION '0.1.0'` works, as the upgrade test needs.
+install_released_scripts() {
+    local dir
+    dir="$("$PG_CONFIG" --sharedir)/extension"
+    for f in "$ROOT"/sql/dunetrace--[0-9]*.[0-9]*.[0-9]*.sql; do
+        case "$(basename "$f")" in *--*--*) continue ;; esac
+        as_root install -m 644 "$f" "$dir/"
+    done
+}
+
 # Builds the extension and installs it into the system PostgreSQL.
 install_extension() {
     log "building and installing the dunetrace extension"
     unlink_installed_library
     (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+    install_released_scripts
 }
 
 # start_cluster DIR PORT [extra postgresql.conf lines...]: a local cluster owned by postgres,

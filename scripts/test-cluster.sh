@@ -12,6 +12,7 @@ DB=dunetrace_test
     stop_cluster "$DIR"
     unlink_installed_library
     (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)
+    install_released_scripts
     start_cluster "$DIR" "$PORT" \
         "dunetrace.database = '$DB'" \
         "dunetrace.worker_naptime = 1" \

@@ -123,3 +123,32 @@ GRANT SELECT ON dunetrace.events, dunetrace.runs, dunetrace.failure_signals,
     TO dunetrace_reader;
 GRANT SELECT (id, key_prefix, agent_id, customer_id, active, created_at, revoked_at, rate_limit_rpm)
     ON dunetrace.api_keys TO dunetrace_reader;
+
+-- Backups: every table and sequence holds user data, so pg_dump dumps their rows and
+-- positions along with CREATE EXTENSION (docs/operations.md, "Backup and restore").
+-- (One statement each: the function updates the extension's catalog row.)
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.api_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.events', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.processed_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.failure_signals', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.issues', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.digest_log', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.fixes', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.detector_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.destinations', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.delivery_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.langfuse_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.deploy_events', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.runs_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.processed_runs_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.api_keys_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.failure_signals_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.issues_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.digest_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.fixes_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.destinations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.deliveries_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.deploy_events_id_seq', '');

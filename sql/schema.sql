@@ -13,7 +13,7 @@ BEGIN
 END
 $roles$;
 
--- API keys: only the SHA-256 of a key and a short prefix are stored (contract §3.2).
+-- API keys: only the SHA-256 of a key and a short prefix are stored.
 CREATE TABLE dunetrace.api_keys (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     key_prefix      text        NOT NULL,
@@ -63,8 +63,9 @@ CREATE TABLE dunetrace.runs (
     -- batch. Runs are processed in this order.
     last_seq           bigint      NOT NULL DEFAULT nextval('dunetrace.runs_seq'),
     last_pos           integer     NOT NULL DEFAULT 0,
-    -- NULL until processed; then the trigger it was processed under.
-    processed_trigger  text        CHECK (processed_trigger IN ('run.completed', 'run.errored', 'stalled'))
+    -- NULL until processed; then the trigger it was processed under ('orphaned': neither
+    -- started nor finished, silent past dunetrace.orphan_timeout, never evaluated).
+    processed_trigger  text        CHECK (processed_trigger IN ('run.completed', 'run.errored', 'stalled', 'orphaned'))
 );
 -- The pending set: never processed, or processed as stalled and finished since.
 CREATE INDEX runs_pending_idx ON dunetrace.runs (last_received_at)
@@ -81,8 +82,9 @@ CREATE TABLE dunetrace.processed_runs (
     agent_version  text        NOT NULL,
     processed_at   timestamptz NOT NULL DEFAULT now(),
     signal_count   integer     NOT NULL DEFAULT 0,
-    trigger        text        NOT NULL CHECK (trigger IN ('run.completed', 'run.errored', 'stalled')),
-    -- Set when the run could not be processed (contract §3.6).
+    trigger        text        NOT NULL CHECK (trigger IN ('run.completed', 'run.errored', 'stalled', 'orphaned')),
+    -- Set when the run could not be evaluated or its results not stored: the run is recorded
+    -- with the error and the others go on (docs/operations.md, "Poison runs").
     error          text,
     -- Processing order: baselines use the most recent runs by this.
     seq            bigint      NOT NULL DEFAULT nextval('dunetrace.processed_runs_seq'),
@@ -121,7 +123,7 @@ CREATE INDEX failure_signals_type_idx
 CREATE INDEX failure_signals_unalerted_idx
     ON dunetrace.failure_signals (detected_at) WHERE NOT alerted AND NOT shadow;
 
--- One row per (agent, failure type); see upstream-behaviour §5 and contract §3.11.
+-- One row per (agent, failure type): open, resolved after clean runs, reopened, or ignored.
 CREATE TABLE dunetrace.issues (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     agent_id          text        NOT NULL,

@@ -3,7 +3,6 @@
 //! several workers or restarts (an advisory lock serialises the check and the log insert).
 
 use crate::alerts::new_webhook_id;
-use crate::errors::invalid;
 use crate::{settings, wake};
 use dunetrace_core::format::digest::{self, AgentStat, DigestData, SystemicPattern, TypeStat};
 use pgrx::prelude::*;
@@ -20,8 +19,12 @@ fn send_digest_sql(force: default!(bool, false)) -> bool {
 
 /// Shared by the SQL function and the worker; runs in the current transaction.
 pub fn send(force: bool) -> bool {
-    Spi::connect_mut(|client| send_in(client, force))
-        .unwrap_or_else(|e| invalid(format!("send_digest: {e}")))
+    Spi::connect_mut(|client| send_in(client, force)).unwrap_or_else(|e| {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("send_digest: {e}"),
+        )
+    })
 }
 
 fn send_in(client: &mut SpiClient<'_>, force: bool) -> Result<bool, SpiError> {

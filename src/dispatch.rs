@@ -127,7 +127,7 @@ pub fn send(c: &Claimed, timeout: std::time::Duration) -> Outcome {
         Ok(r) if (200..300).contains(&r.status) => (Some(i32::from(r.status)), None),
         Ok(r) => (
             Some(i32::from(r.status)),
-            Some(format!("HTTP {}", r.status)),
+            Some(http::status_error(r.status)),
         ),
         Err(e) => (None, Some(e)),
     };
@@ -232,15 +232,34 @@ pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
 
 /// Sends due alert deliveries now, inside the caller's transaction (the background worker
 /// does this continuously, committing before it sends). Returns how many were attempted.
+/// Deliveries are claimed and sent one at a time, so a cancel (`statement_timeout`,
+/// `pg_cancel_backend`) takes effect between requests, and the call stops starting requests
+/// once `dunetrace.http_total_timeout` is spent (what is left stays queued).
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn dispatch(max: default!(i32, 100)) -> i32 {
     if max < 0 {
         invalid("max must not be negative");
     }
-    let claimed = claim(max).unwrap_or_else(|e| invalid(format!("dispatch: {e}")));
-    let timeout = settings::http_timeout();
-    let outcomes: Vec<Outcome> = claimed.iter().map(|c| send(c, timeout)).collect();
-    record(&outcomes).unwrap_or_else(|e| invalid(format!("dispatch: {e}")));
-    outcomes.len() as i32
+    let budget = http::Budget::new(settings::http_total_timeout());
+    let mut attempted = 0;
+    while attempted < max {
+        let Some(timeout) = budget.next(settings::http_timeout()) else {
+            break;
+        };
+        let claimed = claim(1).unwrap_or_else(|e| internal(e));
+        let Some(c) = claimed.first() else {
+            break;
+        };
+        record(&[send(c, timeout)]).unwrap_or_else(|e| internal(e));
+        attempted += 1;
+    }
+    attempted
+}
+
+fn internal(e: SpiError) -> ! {
+    crate::errors::raise(
+        pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("dispatch: {e}"),
+    )
 }

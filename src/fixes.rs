@@ -143,9 +143,11 @@ fn configure_langfuse(host: &str, public_key: &str, secret_key: &str) {
     .unwrap_or_else(|e| invalid(format!("configure_langfuse: {e}")));
 }
 
+/// Langfuse failed: class 38 (an external routine), never class 08, which drivers and pools
+/// read as a broken database connection.
 fn langfuse_error(what: &str, e: String) -> ! {
     raise(
-        PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
         format!("apply_fix: Langfuse {what} failed: {e}"),
     )
 }
@@ -166,7 +168,7 @@ fn apply_fix(signal_id: i64, prompt_name: &str, fix_content: &str) -> pgrx::Json
     let fix_type = explain::fix_type(&s.failure_type);
     if fix_type != "prompt_addition" {
         raise(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
                 "apply_fix: {} fixes are {fix_type} and are not applied automatically; \
                  record a manual fix with dunetrace.record_fix()",
@@ -192,12 +194,20 @@ fn apply_fix(signal_id: i64, prompt_name: &str, fix_content: &str) -> pgrx::Json
         ("Authorization".to_string(), auth),
         ("Content-Type".to_string(), "application/json".to_string()),
     ];
-    let timeout = settings::http_timeout();
+    let budget = http::Budget::new(settings::http_total_timeout());
+    let timeout = || {
+        budget.next(settings::http_timeout()).unwrap_or_else(|| {
+            langfuse_error(
+                "call",
+                "dunetrace.http_total_timeout was spent before it finished".into(),
+            )
+        })
+    };
     let name = http::path_segment(prompt_name);
     let current = http::get(
         &format!("{host}/api/public/prompts/{name}"),
         &headers,
-        timeout,
+        timeout(),
     )
     .unwrap_or_else(|e| langfuse_error("prompt fetch", e));
     if current.status == 404 {
@@ -207,7 +217,7 @@ fn apply_fix(signal_id: i64, prompt_name: &str, fix_content: &str) -> pgrx::Json
         );
     }
     if !(200..300).contains(&current.status) {
-        langfuse_error("prompt fetch", format!("HTTP {}", current.status));
+        langfuse_error("prompt fetch", http::status_error(current.status));
     }
     let prompt: Value = serde_json::from_str(&current.body)
         .unwrap_or_else(|_| langfuse_error("prompt fetch", "the answer is not JSON".into()));
@@ -216,18 +226,46 @@ fn apply_fix(signal_id: i64, prompt_name: &str, fix_content: &str) -> pgrx::Json
     };
     let kind = prompt.get("type").and_then(Value::as_str).unwrap_or("text");
     let new_text = format!("{}\n\n{}", old_text.trim_end(), fix_content);
+    // apply_fix publishes before it records, in the caller's transaction. If that transaction
+    // failed after publishing, the newest version (Langfuse's `latest` label) is already this
+    // text: record it against that version instead of publishing it a second time.
+    let latest = http::get(
+        &format!("{host}/api/public/prompts/{name}?label=latest"),
+        &headers,
+        timeout(),
+    )
+    .unwrap_or_else(|e| langfuse_error("prompt fetch", e));
+    if (200..300).contains(&latest.status) {
+        let latest: Value = serde_json::from_str(&latest.body).unwrap_or_default();
+        if latest.get("prompt").and_then(Value::as_str) == Some(new_text.as_str()) {
+            let version = latest
+                .get("version")
+                .and_then(Value::as_i64)
+                .and_then(|v| i32::try_from(v).ok());
+            let fix_id = insert_fix(&s, fix_content, "langfuse", Some(prompt_name), version);
+            return pgrx::JsonB(json!({
+                "fix_id": fix_id,
+                "signal_id": signal_id,
+                "new_version": version,
+                "published": false,
+                "prompt_url": format!("{host}/prompts/{name}"),
+                "old_text": old_text,
+                "new_text": new_text,
+            }));
+        }
+    }
     let body = json!({"name": prompt_name, "prompt": new_text, "type": kind}).to_string();
     let created = http::post(
         &format!("{host}/api/public/prompts"),
         &headers,
         &body,
-        timeout,
+        timeout(),
     )
     .unwrap_or_else(|e| langfuse_error("publishing the new version", e));
     if !(200..300).contains(&created.status) {
         langfuse_error(
             "publishing the new version",
-            format!("HTTP {}", created.status),
+            http::status_error(created.status),
         );
     }
     let version = serde_json::from_str::<Value>(&created.body)
@@ -239,6 +277,7 @@ fn apply_fix(signal_id: i64, prompt_name: &str, fix_content: &str) -> pgrx::Json
         "fix_id": fix_id,
         "signal_id": signal_id,
         "new_version": version,
+        "published": true,
         "prompt_url": format!("{host}/prompts/{name}"),
         "old_text": old_text,
         "new_text": new_text,

@@ -13,6 +13,9 @@ fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        // A redirect is answered, never followed: a destination or Langfuse host cannot send
+        // a signed alert or credentials on to another address.
+        .max_redirects(0)
         .user_agent("dunetrace")
         .build()
         .into()
@@ -57,6 +60,39 @@ fn describe(e: ureq::Error) -> String {
     match e {
         ureq::Error::Timeout(_) => "timed out".to_string(),
         other => other.to_string(),
+    }
+}
+
+/// Why a status that is not 2xx failed, as recorded for an attempt.
+pub fn status_error(status: u16) -> String {
+    if (300..400).contains(&status) {
+        format!("HTTP {status} (redirects are not followed)")
+    } else {
+        format!("HTTP {status}")
+    }
+}
+
+/// A time budget shared by the requests of one SQL call (`dunetrace.http_total_timeout`).
+pub struct Budget {
+    deadline: std::time::Instant,
+}
+
+impl Budget {
+    pub fn new(total: Duration) -> Budget {
+        Budget {
+            deadline: std::time::Instant::now() + total,
+        }
+    }
+
+    /// The timeout for the next request: `per_request`, cut to what is left of the budget;
+    /// `None` once it is spent. Also honours a pending cancel (`statement_timeout`,
+    /// `pg_cancel_backend`) by raising it here, between requests.
+    pub fn next(&self, per_request: Duration) -> Option<Duration> {
+        pgrx::pg_sys::check_for_interrupts!();
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        (!left.is_zero()).then(|| left.min(per_request))
     }
 }
 

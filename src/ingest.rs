@@ -7,14 +7,16 @@
 //! with the validated timestamps alongside), so nothing is printed and parsed back in.
 
 use crate::errors::{invalid, raise, rejected};
-use crate::jsonb;
 use crate::keys::{authenticate, oid, random_bytes, Kept};
+use crate::settings;
 use dunetrace_core::envelope::Batch;
+use dunetrace_core::jsonb;
 use dunetrace_core::{batch, ids, validate};
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use std::collections::HashMap;
 
 /// A `jsonb` argument kept as the datum Postgres passed; valid for the call.
 pub struct JsonbArg(pg_sys::Datum);
@@ -92,7 +94,9 @@ thread_local! {
                  parent_run_id = COALESCE(r.parent_run_id, excluded.parent_run_id), \
                  last_received_at = now(), \
                  last_seq = excluded.last_seq, \
-                 last_pos = excluded.last_pos",
+                 last_pos = excluded.last_pos \
+             WHERE r.agent_id = excluded.agent_id \
+             RETURNING r.run_id, r.event_count",
             &[
                 oid::TEXT_ARRAY,
                 oid::TEXT_ARRAY,
@@ -142,6 +146,15 @@ fn ingest(api_key: Option<&str>, events: Option<JsonbArg>) -> pgrx::JsonB {
         ),
     });
     let events = validate::validate_batch(read, now_epoch()).unwrap_or_else(|e| rejected(&e));
+    if let Some(i) = batch::mixed_agent_event(&events) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "dunetrace.ingest: batch rejected, nothing stored: event {i}: its run_id belongs \
+                 to another agent earlier in the batch (a run belongs to one agent)"
+            ),
+        );
+    }
     if key_agent != "*" {
         if let Some((i, e)) = events
             .iter()
@@ -175,6 +188,10 @@ fn store(batch_id: pgrx::Uuid, events: &[dunetrace_core::event::Event], batch: &
     // missing one is the server clock).
     let stamps: Vec<f64> = events.iter().map(|e| e.timestamp).collect();
     let touches = batch::summarize(events);
+    let firsts: Vec<(String, i32)> = touches
+        .iter()
+        .map(|t| (t.run_id.clone(), t.first_pos))
+        .collect();
     let mut t_run = Vec::with_capacity(touches.len());
     let mut t_agent = Vec::with_capacity(touches.len());
     let mut t_version = Vec::with_capacity(touches.len());
@@ -196,14 +213,11 @@ fn store(batch_id: pgrx::Uuid, events: &[dunetrace_core::event::Event], batch: &
         t_pos.push(t.last_pos);
     }
     let result = Spi::connect_mut(|client| {
-        let insert_events = INSERT_EVENTS.with(|k| k.get(client))?;
-        client.update(
-            insert_events,
-            None,
-            &[batch_id.into(), stamps.into(), batch.param()],
-        )?;
+        // Runs first: the upsert only touches runs of the same agent, so a run it does not
+        // return belongs to another agent, and the whole call is refused before any event is
+        // stored (the row lock it takes orders concurrent first batches of one run).
         let upsert_runs = UPSERT_RUNS.with(|k| k.get(client))?;
-        client.update(
+        let rows = client.update(
             upsert_runs,
             None,
             &[
@@ -217,6 +231,39 @@ fn store(batch_id: pgrx::Uuid, events: &[dunetrace_core::event::Event], batch: &
                 t_max.into(),
                 t_pos.into(),
             ],
+        )?;
+        let mut counts: HashMap<String, i32> = HashMap::with_capacity(firsts.len());
+        for row in rows {
+            let run: String = row.get(1)?.unwrap_or_default();
+            counts.insert(run, row.get(2)?.unwrap_or_default());
+        }
+        let cap = settings::MAX_EVENTS_PER_RUN.get();
+        for (run, first) in &firsts {
+            match counts.get(run) {
+                None => raise(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "dunetrace.ingest: batch rejected, nothing stored: event {first}: its \
+                         run_id belongs to another agent (a run belongs to the agent of its \
+                         first event)"
+                    ),
+                ),
+                Some(n) if *n > cap => raise(
+                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "dunetrace.ingest: batch rejected, nothing stored: event {first}: its \
+                         run would hold {n} events, more than dunetrace.max_events_per_run \
+                         ({cap})"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        let insert_events = INSERT_EVENTS.with(|k| k.get(client))?;
+        client.update(
+            insert_events,
+            None,
+            &[batch_id.into(), stamps.into(), batch.param()],
         )?;
         Ok::<_, pgrx::spi::SpiError>(())
     });

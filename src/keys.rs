@@ -56,6 +56,7 @@ pub mod oid {
     pub const FLOAT8_ARRAY: PgOid = PgOid::BuiltIn(B::FLOAT8ARRAYOID);
     pub const JSONB: PgOid = PgOid::BuiltIn(B::JSONBOID);
     pub const UUID: PgOid = PgOid::BuiltIn(B::UUIDOID);
+    pub const BOOL: PgOid = PgOid::BuiltIn(B::BOOLOID);
     pub const BOOL_ARRAY: PgOid = PgOid::BuiltIn(B::BOOLARRAYOID);
 }
 
@@ -193,7 +194,11 @@ pub fn authenticate(key: Option<&str>) -> String {
         Ok::<_, pgrx::spi::SpiError>(found)
     })
     .unwrap_or_else(|e: pgrx::spi::SpiError| {
-        bad_key(format!("dunetrace.ingest: key check failed: {e}"))
+        // Not an authentication failure: the lookup itself broke.
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("dunetrace.ingest: the API key could not be looked up: {e}"),
+        )
     });
     match found {
         Some((agent, true)) => agent,

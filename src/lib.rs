@@ -16,11 +16,11 @@ mod fixes;
 mod http;
 mod ingest;
 mod issues;
-mod jsonb;
 mod keys;
 mod process;
 mod rows;
 mod settings;
+mod subxact;
 mod wake;
 mod worker;
 

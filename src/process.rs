@@ -6,32 +6,44 @@
 //! the order they finished, and each run's baselines include the runs evaluated before it in
 //! the same batch.
 
-use crate::errors::invalid;
+use crate::errors::{invalid, raise};
 use crate::explain::StoredSignal;
 use crate::keys::{oid, Kept};
-use crate::{alerts, issues, jsonb, rows, settings, wake};
+use crate::{alerts, issues, rows, settings, subxact, wake};
 use dunetrace_core::baseline::{RunMetrics, BASELINE_WINDOW};
 use dunetrace_core::detect::DetectorConfig;
 use dunetrace_core::event::{Event, EventType};
+use dunetrace_core::jsonb;
 use dunetrace_core::pipeline::{self, Evaluation};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
+use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 
 thread_local! {
     static CLAIM: Kept = const {
         Kept::new(
-            "SELECT run_id, COALESCE(terminal_event, 'stalled'), processed_trigger IS NOT NULL \
+            "SELECT run_id, \
+                    COALESCE(terminal_event, CASE WHEN has_started THEN 'stalled' ELSE 'orphaned' END), \
+                    processed_trigger IS NOT NULL, agent_id, agent_version, event_count \
              FROM dunetrace.runs \
              WHERE (processed_trigger IS NULL \
                     OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL)) \
                AND (terminal_event IS NOT NULL \
-                    OR (has_started AND last_received_at <= now() - make_interval(secs => $2))) \
+                    OR (has_started AND last_received_at <= now() - make_interval(secs => $2)) \
+                    OR ($3 AND NOT has_started \
+                        AND last_received_at <= now() - make_interval(secs => $4))) \
              ORDER BY last_seq, last_pos \
              LIMIT $1 \
              FOR UPDATE SKIP LOCKED",
-            &[oid::INT4, oid::FLOAT8],
+            &[oid::INT4, oid::FLOAT8, oid::BOOL, oid::FLOAT8],
+        )
+    };
+    static SCHEMA_VERSION: Kept = const {
+        Kept::new(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'dunetrace'",
+            &[],
         )
     };
     // No ORDER BY: sorting every event of the batch (payloads included) in the executor costs
@@ -136,10 +148,15 @@ thread_local! {
 /// A run claimed for processing.
 struct Claimed {
     run_id: String,
-    /// `run.completed`, `run.errored` or `stalled`.
+    /// `run.completed`, `run.errored`, `stalled` or `orphaned`.
     trigger: String,
     /// Processed before (as stalled): only new failure types are added.
     reevaluated: bool,
+    /// The run's owner (the agent of its first event) and first agent version.
+    agent_id: String,
+    agent_version: String,
+    /// Events stored for the run.
+    events: i32,
 }
 
 /// Processes up to `max_runs` finished runs now: completed or errored, or started and silent
@@ -150,18 +167,28 @@ fn process_runs(max_runs: default!(i32, 1000)) -> i32 {
     if max_runs < 0 {
         invalid("max_runs must not be negative");
     }
-    process_batch(max_runs, settings::STALL_TIMEOUT.get())
-        .unwrap_or_else(|e| invalid(format!("dunetrace.process_runs: {e}")))
+    process_batch(max_runs, settings::STALL_TIMEOUT.get()).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("dunetrace.process_runs: {e}"),
+        )
+    })
 }
 
-/// Runs read, evaluated and written together. A call claims all its runs at once (their locks
-/// are held to the end of the transaction) but works through them in chunks of this many, each
-/// in its own SPI connection, so the events and results held in memory stay bounded however
+/// Most runs read, evaluated and written together. A call claims all its runs at once (their
+/// locks are held to the end of the transaction) but works through them in chunks, each in
+/// its own SPI connection, so the events and results held in memory stay bounded however
 /// large `max_runs` is: one call over 10,000 runs costs what ten calls of 1,000 do.
 const CHUNK: usize = 1000;
+/// Most events loaded for one chunk (a chunk ends early when its runs hold more; a run
+/// larger than this is a chunk of its own, and no run holds more than
+/// `dunetrace.max_events_per_run`).
+const CHUNK_EVENTS: i64 = 100_000;
 
-/// One batch; shared by the SQL function and the background worker.
-pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiError> {
+/// One batch; shared by the SQL function and the background worker. `Err` only when the batch
+/// as a whole cannot go on (the caller rolls its transaction back); a run that cannot be
+/// evaluated or written is recorded as errored and the others go on.
+pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, String> {
     if max_runs == 0 {
         return Ok(0);
     }
@@ -176,7 +203,8 @@ pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiE
             .collect();
         let prior = prior_signal_types(client, &again)?;
         Ok::<_, SpiError>((claimed, again, prior))
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     if claimed.is_empty() {
         return Ok(0);
     }
@@ -186,11 +214,32 @@ pub fn process_batch(max_runs: i32, stall_timeout_secs: i32) -> Result<i32, SpiE
         prior,
         configs: HashMap::new(),
         recent: HashMap::new(),
+        max_events: settings::MAX_EVENTS_PER_RUN.get(),
     };
-    for chunk in claimed.chunks(CHUNK) {
-        Spi::connect_mut(|client| process_chunk(client, chunk, &mut batch))?;
+    for chunk in chunks(&claimed) {
+        // Cancellation (statement_timeout, pg_cancel_backend) and the worker's SIGTERM.
+        pg_sys::check_for_interrupts!();
+        process_chunk(chunk, &mut batch)?;
     }
     Ok(claimed.len() as i32)
+}
+
+/// Splits the claimed runs, in order, into chunks of at most [`CHUNK`] runs and about
+/// [`CHUNK_EVENTS`] events.
+fn chunks(claimed: &[Claimed]) -> Vec<&[Claimed]> {
+    let mut out = Vec::new();
+    let (mut start, mut events) = (0usize, 0i64);
+    for (i, c) in claimed.iter().enumerate() {
+        let n = i64::from(c.events.max(0));
+        if i > start && (i - start >= CHUNK || events + n > CHUNK_EVENTS) {
+            out.push(&claimed[start..i]);
+            start = i;
+            events = 0;
+        }
+        events += n;
+    }
+    out.push(&claimed[start..]);
+    out
 }
 
 /// What a call reads once and every chunk uses.
@@ -203,27 +252,86 @@ struct Batch {
     configs: HashMap<String, DetectorConfig>,
     /// Each agent version's baseline window, newest first, updated as runs are evaluated.
     recent: HashMap<(String, String), VecDeque<RunMetrics>>,
+    /// `dunetrace.max_events_per_run`: a larger run (stored before the cap) is not loaded.
+    max_events: i32,
 }
 
-/// Loads, evaluates and writes one chunk of claimed runs, in order.
-fn process_chunk(
+/// What processing decided for one claimed run.
+enum Outcome {
+    Evaluated(Evaluation),
+    /// Could not be evaluated (or its results not stored): recorded with this error.
+    Errored(String),
+    /// Neither started nor finished, silent past `dunetrace.orphan_timeout`.
+    Orphaned,
+}
+
+/// Evaluates one chunk of claimed runs, in order, then writes the results: all together in a
+/// subtransaction, or, when that fails, run by run, so that a run whose results cannot be
+/// stored is recorded as errored and the others are kept.
+fn process_chunk(claimed: &[Claimed], batch: &mut Batch) -> Result<(), String> {
+    let outcomes = Spi::connect_mut(|client| evaluate_chunk(client, claimed, batch))
+        .map_err(|e| e.to_string())?;
+    let all = Writes::of(claimed.iter().zip(&outcomes));
+    if subxact::run(|| Spi::connect_mut(|client| all.write(client))).is_ok() {
+        return Ok(());
+    }
+    for (c, o) in claimed.iter().zip(&outcomes) {
+        let one = Writes::of(std::iter::once((c, o)));
+        if let Err(msg) = subxact::run(|| Spi::connect_mut(|client| one.write(client))) {
+            pgrx::warning!(
+                "dunetrace: could not store the results of run {}: {msg}",
+                c.run_id
+            );
+            let failed = Outcome::Errored(format!("could not store the results: {msg}"));
+            let record = Writes::of(std::iter::once((c, &failed)));
+            subxact::run(|| Spi::connect_mut(|client| record.write(client)))
+                .map_err(|e| format!("could not record run {} as errored: {e}", c.run_id))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads and evaluates one chunk; reads only.
+fn evaluate_chunk(
     client: &mut SpiClient<'_>,
     claimed: &[Claimed],
     batch: &mut Batch,
-) -> Result<(), SpiError> {
-    let ids: Vec<String> = claimed.iter().map(|c| c.run_id.clone()).collect();
+) -> Result<Vec<Outcome>, SpiError> {
+    let loadable = |c: &Claimed| c.trigger != "orphaned" && c.events <= batch.max_events;
+    let ids: Vec<String> = claimed
+        .iter()
+        .filter(|c| loadable(c))
+        .map(|c| c.run_id.clone())
+        .collect();
     let mut events = load_events(client, &ids)?;
+    let max_events = batch.max_events;
     let Batch {
         again,
         prior,
         configs,
         recent,
+        ..
     } = batch;
-    let mut out = Writes::default();
+    let mut out = Vec::with_capacity(claimed.len());
     for c in claimed {
-        let evs = events.remove(&c.run_id).unwrap_or_default();
+        if c.trigger == "orphaned" {
+            out.push(Outcome::Orphaned);
+            continue;
+        }
+        if c.events > max_events {
+            out.push(Outcome::Errored(format!(
+                "the run holds {} events, more than dunetrace.max_events_per_run ({max_events}); \
+                 it is not evaluated",
+                c.events
+            )));
+            continue;
+        }
+        let mut evs = events.remove(&c.run_id).unwrap_or_default();
+        // A run is its owner's: events another agent stored under its run_id (possible only
+        // before 0.2.0 refused them) take no part in its evaluation.
+        evs.retain(|e| e.agent_id == c.agent_id);
         let Some(first) = evs.first() else {
-            out.push_error(c, None, "the run has no events");
+            out.push(Outcome::Errored("the run has no events".into()));
             continue;
         };
         let key = (first.agent_id.clone(), first.agent_version.clone());
@@ -238,7 +346,6 @@ fn process_chunk(
         let cfg = &configs[&key.0];
         let history = recent.get_mut(&key).expect("inserted above");
         let already = prior.get(&c.run_id).map(Vec::as_slice).unwrap_or(&[]);
-        let first = first.clone();
         let hist = history.make_contiguous();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pipeline::evaluate(evs, hist, cfg, already)
@@ -249,7 +356,7 @@ fn process_chunk(
                     history.push_front(eval.metrics.clone());
                     history.truncate(BASELINE_WINDOW);
                 }
-                out.push(c, eval);
+                out.push(Outcome::Evaluated(eval));
             }
             Err(panic) => {
                 let msg = panic
@@ -258,11 +365,11 @@ fn process_chunk(
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown error".into());
                 pgrx::warning!("dunetrace: could not process run {}: {msg}", c.run_id);
-                out.push_error(c, Some(&first), &msg);
+                out.push(Outcome::Errored(format!("evaluation failed: {msg}")));
             }
         }
     }
-    out.write(client)
+    Ok(out)
 }
 
 fn claim(
@@ -270,11 +377,21 @@ fn claim(
     max_runs: i32,
     stall_timeout_secs: i32,
 ) -> Result<Vec<Claimed>, SpiError> {
+    // Orphaned runs are recorded only once the schema knows the trigger (0.2.0 on): the library
+    // may run against a 0.1.0 schema until ALTER EXTENSION dunetrace UPDATE.
+    let version_stmt = SCHEMA_VERSION.with(|k| k.get(client))?;
+    let version: Option<String> = client.select(version_stmt, Some(1), &[])?.first().get(1)?;
+    let orphans = version.as_deref().is_some_and(|v| v != "0.1.0");
     let stmt = CLAIM.with(|k| k.get(client))?;
     let rows = client.update(
         stmt,
         None,
-        &[max_runs.into(), f64::from(stall_timeout_secs).into()],
+        &[
+            max_runs.into(),
+            f64::from(stall_timeout_secs).into(),
+            orphans.into(),
+            f64::from(settings::ORPHAN_TIMEOUT.get()).into(),
+        ],
     )?;
     let mut out = Vec::new();
     for row in rows {
@@ -282,6 +399,9 @@ fn claim(
             run_id: row.get(1)?.unwrap_or_default(),
             trigger: row.get(2)?.unwrap_or_default(),
             reevaluated: row.get(3)?.unwrap_or(false),
+            agent_id: row.get(4)?.unwrap_or_default(),
+            agent_version: row.get(5)?.unwrap_or_default(),
+            events: row.get(6)?.unwrap_or_default(),
         });
     }
     Ok(out)
@@ -432,7 +552,20 @@ struct Writes {
 }
 
 impl Writes {
-    fn push(&mut self, c: &Claimed, e: Evaluation) {
+    /// The writes for these runs' outcomes, in order.
+    fn of<'a>(runs: impl Iterator<Item = (&'a Claimed, &'a Outcome)>) -> Writes {
+        let mut w = Writes::default();
+        for (c, o) in runs {
+            match o {
+                Outcome::Evaluated(e) => w.push(c, e),
+                Outcome::Errored(msg) => w.push_run(c, Some(msg.clone())),
+                Outcome::Orphaned => w.push_run(c, None),
+            }
+        }
+        w
+    }
+
+    fn push(&mut self, c: &Claimed, e: &Evaluation) {
         self.issue_runs.push((
             e.agent_id.clone(),
             e.signals
@@ -441,8 +574,7 @@ impl Writes {
                 .map(|s| s.failure_type.as_str().to_string())
                 .collect(),
         ));
-        let signal_count = e.signals.len() as i32;
-        for s in e.signals {
+        for s in &e.signals {
             self.s_type.push(s.failure_type.as_str().into());
             self.s_severity.push(s.severity.as_str().into());
             self.s_run.push(e.run_id.clone());
@@ -454,32 +586,34 @@ impl Writes {
             self.s_co.push(s.co_signal_count);
             self.s_evidence
                 .push(serde_json::to_string(&s.evidence).expect("a JSON map serialises"));
-            self.s_evidence_map.push(s.evidence);
+            self.s_evidence_map.push(s.evidence.clone());
         }
         self.p_run.push(c.run_id.clone());
-        self.p_agent.push(e.agent_id);
-        self.p_version.push(e.agent_version);
-        self.p_count.push(signal_count);
+        self.p_agent.push(e.agent_id.clone());
+        self.p_version.push(e.agent_version.clone());
+        self.p_count.push(e.signals.len() as i32);
         self.p_trigger.push(c.trigger.clone());
         self.p_error.push(None);
         self.p_completed.push(e.metrics.completed);
         self.p_metrics.push(Some(e.metrics.to_json_text()));
     }
 
-    fn push_error(&mut self, c: &Claimed, first: Option<&Event>, msg: &str) {
+    /// A processed_runs row with no evaluation: an errored or orphaned run.
+    fn push_run(&mut self, c: &Claimed, error: Option<String>) {
         self.p_run.push(c.run_id.clone());
-        self.p_agent
-            .push(first.map(|e| e.agent_id.clone()).unwrap_or_default());
-        self.p_version
-            .push(first.map(|e| e.agent_version.clone()).unwrap_or_default());
+        self.p_agent.push(c.agent_id.clone());
+        self.p_version.push(c.agent_version.clone());
         self.p_count.push(0);
         self.p_trigger.push(c.trigger.clone());
-        self.p_error.push(Some(msg.to_string()));
+        self.p_error.push(error);
         self.p_completed.push(false);
         self.p_metrics.push(None);
     }
 
     fn write(mut self, client: &mut SpiClient<'_>) -> Result<(), SpiError> {
+        if self.p_run.is_empty() {
+            return Ok(());
+        }
         let mut stored: Vec<StoredSignal> = Vec::new();
         if !self.s_type.is_empty() {
             let n = self.s_type.len() as i64;

@@ -28,9 +28,20 @@ pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// Wait before the first retry, milliseconds; doubles with every attempt.
 pub static HTTP_RETRY_BACKOFF_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+/// Total time one call of `dispatch()` or `apply_fix()` may spend on HTTP, milliseconds.
+pub static HTTP_TOTAL_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// Most events one run may hold; ingest refuses a batch that would take a run past it.
+pub static MAX_EVENTS_PER_RUN: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Seconds of silence after which a run with neither `run.started` nor a terminal event is
+/// recorded as orphaned (never evaluated).
+pub static ORPHAN_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
 pub fn http_timeout() -> Duration {
     Duration::from_millis(HTTP_TIMEOUT_MS.get().max(1) as u64)
+}
+
+pub fn http_total_timeout() -> Duration {
+    Duration::from_millis(HTTP_TOTAL_TIMEOUT_MS.get().max(1) as u64)
 }
 
 pub fn dashboard_url() -> String {
@@ -126,6 +137,36 @@ pub fn init() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"dunetrace.http_total_timeout",
+        c"Total time one call of dunetrace.dispatch() or dunetrace.apply_fix() may spend on HTTP.",
+        c"Requests not started within it are left for later; each request also has dunetrace.http_timeout.",
+        &HTTP_TOTAL_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"dunetrace.max_events_per_run",
+        c"Most events one run may hold; a batch that would take a run past it is refused (SQLSTATE 54000).",
+        c"Only superusers can change it, so an agent cannot lift it for its own session.",
+        &MAX_EVENTS_PER_RUN,
+        1,
+        10_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dunetrace.orphan_timeout",
+        c"Seconds of silence after which a run with neither run.started nor a terminal event is recorded as orphaned.",
+        c"Orphaned runs are recorded in processed_runs (trigger 'orphaned') and never evaluated.",
+        &ORPHAN_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
     );
     // Postmaster-level settings can only be defined while the library is preloaded.
     // SAFETY: plain read of a flag the postmaster sets.

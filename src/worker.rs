@@ -6,7 +6,7 @@
 //! a step is logged and the step's transaction rolled back; the loop goes on. SIGTERM stops it;
 //! SIGHUP reloads settings; the postmaster restarts it after a crash.
 
-use crate::{digest, dispatch, process, settings, wake};
+use crate::{digest, dispatch, process, settings, subxact, wake};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::panic::{RefUnwindSafe, UnwindSafe};
@@ -25,10 +25,13 @@ pub fn register() {
         .load();
 }
 
-/// Runs `f` in its own transaction; on error logs it, rolls back and returns `None`.
-fn in_txn<R, F>(what: &str, f: F) -> Option<R>
+/// Runs `f` in its own transaction and commits it when `f` returns `Ok`. On an `Err`, a
+/// Postgres error or a panic it logs the error and rolls the whole transaction back (nothing is
+/// committed half-done; the step is tried again in a later round) and returns `None`.
+fn in_txn<R, E, F>(what: &str, f: F) -> Option<R>
 where
-    F: FnOnce() -> R + UnwindSafe + RefUnwindSafe,
+    E: std::fmt::Display,
+    F: FnOnce() -> Result<R, E> + UnwindSafe + RefUnwindSafe,
 {
     // SAFETY: the worker is connected and outside any transaction here.
     unsafe {
@@ -36,35 +39,81 @@ where
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let result = PgTryBuilder::new(|| Some(f()))
-        .catch_others(|e| {
-            let msg = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    r.message().to_string()
-                }
-            };
-            pgrx::warning!("dunetrace worker: {what} failed: {msg}");
-            None
-        })
+    let result = PgTryBuilder::new(|| f().map_err(|e| e.to_string()))
+        .catch_others(|e| Err(subxact::caught_message(&e)))
         .execute();
     // SAFETY: ends the transaction started above, one way or the other.
     unsafe {
-        if result.is_some() {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
-        } else {
-            pg_sys::AbortCurrentTransaction();
+        match result {
+            Ok(r) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+                Some(r)
+            }
+            Err(msg) => {
+                pgrx::warning!("dunetrace worker: {what} failed: {msg}");
+                pg_sys::AbortCurrentTransaction();
+                None
+            }
         }
     }
-    result
+}
+
+/// Postgres' own handler, by its C symbol (pgrx's `pg_sys::die` is a Rust wrapper, which a
+/// signal handler must not be).
+mod postgres {
+    extern "C-unwind" {
+        pub fn die(postgres_signal_arg: std::ffi::c_int);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn withdraw_on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    wake::withdraw_worker_latch();
+}
+
+/// Pins this process's `search_path` to `pg_catalog, pg_temp`: the worker runs as a superuser,
+/// so no statement of it may ever resolve a function, operator or table through a schema a
+/// user can create objects in (a `public.unnest(text[])` would otherwise be called as
+/// superuser). Set at the highest priority, after connecting and after every reload.
+fn pin_search_path() {
+    // SAFETY: sets a setting of this process, outside any transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        )
+    };
+}
+
+/// Applies a pending SIGHUP: re-reads the configuration file and pins `search_path` again.
+fn reload_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: reloading the configuration file between transactions.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        pin_search_path();
+    }
+}
+
+/// Stops the worker at once if SIGTERM (or a pending cancel) arrived: with Postgres' own
+/// `die` handler installed, this exits the process like any backend told to terminate.
+fn check_for_interrupts() {
+    pg_sys::check_for_interrupts!();
 }
 
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SIGTERM (pg_ctl stop, pg_terminate_backend) is handled by Postgres' own `die`, as in a
+    // regular backend: the next interrupt check ends the process, even inside a statement of
+    // a long batch, so a backlog never delays a shutdown.
+    // SAFETY: installs a Postgres signal handler in this process.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres::die));
+    }
     let db = settings::DATABASE
         .get()
         .and_then(|c| c.into_string().ok())
@@ -84,14 +133,15 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
             pg_sys::GucSource::PGC_S_OVERRIDE,
         )
     };
+    pin_search_path();
     wake::publish_worker_latch();
+    // However the process ends (SIGTERM ends it from inside `die`), the latch is withdrawn.
+    // SAFETY: registers a callback Postgres runs once while this process exits.
+    unsafe { pg_sys::before_shmem_exit(Some(withdraw_on_exit), pg_sys::Datum::from(0)) };
     pgrx::log!("dunetrace worker started in database \"{db}\"");
     let mut wait = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(wait)) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: reloading the configuration file between transactions.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
+        reload_if_asked();
         wait = round();
         release_free_memory();
     }
@@ -126,31 +176,31 @@ fn round() -> Duration {
         Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'dunetrace')",
         )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+        .map(|v| v.unwrap_or(false))
     })
     .unwrap_or(false);
     if !installed {
         return naptime;
     }
     loop {
+        check_for_interrupts();
+        reload_if_asked();
         let batch = settings::BATCH_SIZE.get();
         let stall = settings::STALL_TIMEOUT.get();
-        let done = in_txn("processing runs", || {
-            process::process_batch(batch, stall).unwrap_or_else(|e| {
-                pgrx::warning!("dunetrace worker: processing runs failed: {e}");
-                0
-            })
-        })
-        .unwrap_or(0);
+        // A failed batch is rolled back whole and tried again next round; a run that cannot
+        // be processed is recorded as errored inside the batch and does not fail it.
+        let Some(done) = in_txn("processing runs", || process::process_batch(batch, stall)) else {
+            break;
+        };
         dispatch_due();
-        if done < batch || BackgroundWorker::sigterm_received() {
+        if done < batch {
             break;
         }
     }
     if settings::DIGEST_ENABLED.get() {
-        in_txn("sending the weekly digest", || digest::send(false));
+        in_txn("sending the weekly digest", || {
+            Ok::<_, std::convert::Infallible>(digest::send(false))
+        });
         dispatch_due();
     }
     let next_retry = in_txn("scheduling retries", || {
@@ -158,8 +208,6 @@ fn round() -> Duration {
             "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())::float8 \
              FROM dunetrace.deliveries WHERE status IN ('pending', 'sending')",
         )
-        .ok()
-        .flatten()
     })
     .flatten();
     match next_retry {
@@ -173,9 +221,9 @@ fn round() -> Duration {
 /// none are due.
 fn dispatch_due() {
     loop {
-        let Some(claimed) = in_txn("claiming deliveries", || {
-            dispatch::claim(DISPATCH_CHUNK).unwrap_or_default()
-        }) else {
+        check_for_interrupts();
+        let Some(claimed) = in_txn("claiming deliveries", || dispatch::claim(DISPATCH_CHUNK))
+        else {
             return;
         };
         if claimed.is_empty() {
@@ -196,10 +244,10 @@ fn dispatch_due() {
                 })
                 .collect()
         });
-        if let Some(Err(e)) = in_txn("recording deliveries", || dispatch::record(&outcomes)) {
-            pgrx::warning!("dunetrace worker: recording deliveries failed: {e}");
-        }
-        if (claimed.len() as i32) < DISPATCH_CHUNK || BackgroundWorker::sigterm_received() {
+        // Unrecorded outcomes leave the rows claimed: they are sent again once the claim's
+        // visibility deadline passes (at least once, same webhook-id).
+        in_txn("recording deliveries", || dispatch::record(&outcomes));
+        if (claimed.len() as i32) < DISPATCH_CHUNK {
             return;
         }
     }

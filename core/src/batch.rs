@@ -19,6 +19,24 @@ pub struct RunTouch {
     /// Position of the run's last event in the batch: runs finished by one batch are
     /// processed in the order their events arrived.
     pub last_pos: i32,
+    /// Position of the run's first event in the batch (named in errors about the run).
+    pub first_pos: i32,
+}
+
+/// A run belongs to one agent (the agent of its first event ever stored). Within one batch
+/// this returns the index of the first event whose run already appeared earlier in the batch
+/// with another agent, if any; the shell checks the stored runs the same way.
+pub fn mixed_agent_event(events: &[Event]) -> Option<usize> {
+    let mut owner: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let agent = *owner
+            .entry(e.run_id.as_str())
+            .or_insert(e.agent_id.as_str());
+        if agent != e.agent_id {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Summarises a batch per run, sorted by run_id (so concurrent batches lock runs in the same
@@ -41,6 +59,7 @@ pub fn summarize(events: &[Event]) -> Vec<RunTouch> {
                 events: 0,
                 max_step: 0,
                 last_pos: 0,
+                first_pos: i as i32,
             });
         }
         let t = out.last_mut().expect("pushed above");
@@ -93,5 +112,20 @@ mod tests {
         assert_eq!(s[1].events, 3);
         assert_eq!(s[1].last_pos, 3);
         assert_eq!(s[0].last_pos, 1);
+        assert_eq!(s[1].first_pos, 0);
+        assert_eq!(s[0].first_pos, 1);
+    }
+
+    #[test]
+    fn a_run_with_two_agents_in_one_batch_is_found() {
+        let mut other = e("b", EventType::ToolCalled, 1);
+        other.agent_id = "intruder".into();
+        let batch = [
+            e("a", EventType::RunStarted, 0),
+            e("b", EventType::RunStarted, 0),
+            other,
+        ];
+        assert_eq!(mixed_agent_event(&batch), Some(2));
+        assert_eq!(mixed_agent_event(&batch[..2]), None);
     }
 }

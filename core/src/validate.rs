@@ -84,6 +84,30 @@ fn wrong_type<T>(field: &str, expected: &str, got: &Value) -> Res<T> {
     )
 }
 
+/// Longest key name [`echo_name`] repeats, in characters.
+pub const ECHO_MAX_CHARS: usize = 40;
+
+/// A user-supplied key name made safe to repeat in an error message, a field path or a log
+/// line: at most [`ECHO_MAX_CHARS`] characters (then `…`), each kept only when it is an ASCII
+/// letter or digit or one of `_ - . : / @`, anything else (whitespace, quotes, control and
+/// non-ASCII characters) shown as `?`. Every key a message names goes through here, so an
+/// error never carries more than a short, inert hint of what was sent.
+pub fn echo_name(key: &str) -> String {
+    let mut out = String::with_capacity(ECHO_MAX_CHARS + 3);
+    for (i, c) in key.chars().enumerate() {
+        if i == ECHO_MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_ascii_alphanumeric() || "_-.:/@".contains(c) {
+            c
+        } else {
+            '?'
+        });
+    }
+    out
+}
+
 /// True for characters allowed in identifiers and names: ASCII letters and digits and
 /// `_ - . : / @ + = # ~`. No whitespace, so free text cannot pass as a name.
 fn name_char(c: char) -> bool {
@@ -239,7 +263,7 @@ fn check_meta(field: &str, v: &Value) -> Res<()> {
     }
     for (k, val) in obj {
         check_name(&format!("{field} key"), &Value::String(k.clone()), false)?;
-        check_scalar(&format!("{field}.{k}"), val)?;
+        check_scalar(&format!("{field}.{}", echo_name(k)), val)?;
     }
     Ok(())
 }
@@ -250,7 +274,7 @@ fn check_injection(field: &str, v: &Value) -> Res<()> {
         _ => return wrong_type(field, "an object", v),
     };
     for (k, val) in obj {
-        let f = format!("{field}.{k}");
+        let f = format!("{field}.{}", echo_name(k));
         match k.as_str() {
             "matched_pattern_count" | "input_length" => check_count(&f, val)?,
             "matched_patterns" => check_names_list(&f, val, MAX_PATTERNS)?,
@@ -266,9 +290,11 @@ fn check_injection(field: &str, v: &Value) -> Res<()> {
     Ok(())
 }
 
+/// An unknown key: its path names the key only through [`echo_name`].
 fn unknown_key<T>(field: &str, key: &str, accepted: &str) -> Res<T> {
+    let key = echo_name(key);
     let path = if field.is_empty() {
-        key.to_string()
+        key
     } else {
         format!("{field}.{key}")
     };
@@ -586,13 +612,28 @@ pub fn parse_batch(v: &Value, now: f64) -> Res<Vec<Event>> {
     parse_batch_text(&v.to_string(), now)
 }
 
+/// Why text is not a batch. serde_json's syntax errors are fixed phrases with a position; its
+/// data errors may quote what they met (`invalid type: string "…"`), so only their position
+/// is kept.
+fn json_error_message(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("is not valid JSON ({e})"),
+        Category::Data | Category::Io => format!(
+            "is not valid JSON (unexpected value at line {} column {})",
+            e.line(),
+            e.column()
+        ),
+    }
+}
+
 /// Parses JSON text and validates it as a batch.
 pub fn parse_batch_text(text: &str, now: f64) -> Res<Vec<Event>> {
     let batch: Batch = serde_json::from_str(text).map_err(|e| ValidationError {
         kind: ErrorKind::InvalidType,
         index: None,
         field: "events".into(),
-        message: format!("is not valid JSON ({e})"),
+        message: json_error_message(&e),
     })?;
     validate_batch(batch, now)
 }
@@ -754,6 +795,121 @@ mod tests {
 
         let e = fails(json!([ev("run.started", json!({"input_text": "hello"}))]));
         assert_eq!(e.field, "payload.input_text");
+    }
+
+    fn echoed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "_-.:/@?…".contains(c)
+    }
+
+    #[test]
+    fn echo_name_caps_length_and_characters() {
+        assert_eq!(echo_name("tool_name"), "tool_name");
+        assert_eq!(echo_name("a-b.c:d/e@f"), "a-b.c:d/e@f");
+        assert_eq!(echo_name(""), "");
+        assert_eq!(echo_name("a b\n\"c'é😀+="), "a?b??c?????");
+        let exact = "k".repeat(ECHO_MAX_CHARS);
+        assert_eq!(echo_name(&exact), exact);
+        let long = echo_name(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), ECHO_MAX_CHARS + 1);
+        assert!(long.ends_with('…'));
+        // Multi-byte characters are cut on a character boundary.
+        let wide = echo_name(&"é".repeat(100));
+        assert_eq!(wide, format!("{}…", "?".repeat(ECHO_MAX_CHARS)));
+    }
+
+    /// Unknown keys, wherever they appear, are echoed only through `echo_name`.
+    #[test]
+    fn unknown_keys_are_echoed_short_and_inert() {
+        let huge = "k".repeat(10_000);
+        let nasty = "dt_secretkey_0123456789abcdef\n\"'; DROP TABLE x; -- ünïcødé 😀 \u{0}\t end"
+            .to_string()
+            + &"z".repeat(500);
+        for key in [huge.as_str(), nasty.as_str()] {
+            let cases = [
+                json!([ev("llm.called", json!({ key: 1 }))]),
+                {
+                    let mut e = ev("llm.called", json!({}));
+                    e[key] = json!("value");
+                    json!([e])
+                },
+                json!([ev("run.started", json!({"injection_signal": { key: 1 }}))]),
+            ];
+            for case in cases {
+                let e = fails(case);
+                let shown = e.to_string();
+                assert!(e.message.contains("unknown key"), "{shown}");
+                let echo = ["payload.injection_signal.", "payload.", ""]
+                    .iter()
+                    .find_map(|p| e.field.strip_prefix(p))
+                    .unwrap();
+                assert_eq!(echo, echo_name(key), "{shown}");
+                assert!(echo.chars().count() <= ECHO_MAX_CHARS + 1, "{shown}");
+                assert!(echo.chars().all(echoed), "{shown}");
+                assert!(
+                    shown.chars().count() < 400,
+                    "{} chars",
+                    shown.chars().count()
+                );
+                assert!(!shown.contains('\n') && !shown.contains('"') && !shown.contains('ü'));
+                assert!(!shown.contains("end") && !shown.contains("zzz"), "{shown}");
+                assert!(!shown.contains("value"), "{shown}");
+            }
+        }
+        // A meta key that is a valid name but long: its path is capped too.
+        let long_name = "m".repeat(MAX_NAME_LEN);
+        let e = fails(json!([ev(
+            "external.signal",
+            json!({"meta": { long_name.as_str(): "a secret sentence" }})
+        )]));
+        assert_eq!(
+            e.field,
+            format!("payload.meta.{}…", "m".repeat(ECHO_MAX_CHARS))
+        );
+        assert!(!e.to_string().contains("sentence"));
+        // A meta key that is not a name is refused without being echoed.
+        let e = fails(json!([ev(
+            "external.signal",
+            json!({"meta": { nasty.as_str(): 1 }})
+        )]));
+        assert_eq!(e.field, "payload.meta key");
+        assert!(!e.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn errors_never_carry_values() {
+        let secret = "dt_secretkey_do_not_log";
+        let cases = [
+            json!([ev(
+                "tool.called",
+                json!({"tool_name": format!("{secret} with spaces")})
+            )]),
+            json!([ev("llm.responded", json!({"output_hash": secret}))]),
+            json!([ev(
+                "run.started",
+                json!({"tools": ["ok", format!("{secret}!")]})
+            )]),
+            json!([ev(
+                "external.signal",
+                json!({"meta": {"k": format!("{secret} x")}})
+            )]),
+            json!([ev("nope", json!({}))]),
+            json!([{"event_type": secret, "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0}]),
+            json!([{"event_type": "run.started", "run_id": format!("{secret} "), "agent_id": "a", "agent_version": "v", "step_index": 0}]),
+            json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": 0, "parent_run_id": format!("{secret}\n")}]),
+            json!([{"event_type": "run.started", "run_id": "r", "agent_id": "a", "agent_version": "v", "step_index": secret}]),
+        ];
+        for case in cases {
+            let e = fails(case.clone());
+            assert!(!e.to_string().contains("secret"), "{case} -> {e}");
+        }
+        // serde_json's data errors quote what they met; only their position is kept.
+        let data = serde_json::from_str::<u8>(&format!("\"{secret}\"")).unwrap_err();
+        assert!(data.to_string().contains(secret));
+        let msg = json_error_message(&data);
+        assert!(!msg.contains("secret"), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
+        let e = parse_batch_text(&format!("{{\"{secret}\": tru"), 0.0).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

@@ -404,7 +404,7 @@ mod tests {
             &format!("SELECT dunetrace.apply_fix({inj}, 'p', 'x')"),
             None,
         );
-        assert!(got.starts_with("42501"), "{got}");
+        assert!(got.starts_with("0A000"), "{got}");
         run(&k, "l1", "bot", true);
         let sid =
             one::<i64>("SELECT id FROM dunetrace.failure_signals WHERE failure_type = 'TOOL_LOOP'")

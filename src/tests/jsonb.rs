@@ -30,12 +30,14 @@ mod tests {
     fn both(text: &str) -> (String, String) {
         let sql = "SELECT $1::jsonb, $1::jsonb::text";
         with_jsonb(sql, text.into(), |bytes, printed| {
-            let read = crate::jsonb::read_batch(bytes);
+            let read = dunetrace_core::jsonb::read_batch(bytes);
             let text = format!("{:?}", parse_batch_text(printed, 0.0));
             let binary = match read {
                 Ok(b) => format!("{:?}", validate_batch(b, 0.0)),
                 // The text path names the line and column; the kind of refusal is the same.
-                Err(crate::jsonb::ReadError::Number) if text.contains("number out of range") => {
+                Err(dunetrace_core::jsonb::ReadError::Number)
+                    if text.contains("number out of range") =>
+                {
                     text.clone()
                 }
                 Err(e) => format!("read error {e:?}"),
@@ -156,7 +158,7 @@ mod tests {
         for i in 0..payloads.len() {
             let sql = "SELECT payload, payload::text FROM p WHERE id = $1";
             with_jsonb(sql, (i as i32).into(), |bytes, text| {
-                let read = crate::jsonb::read_payload(bytes).unwrap();
+                let read = dunetrace_core::jsonb::read_payload(bytes).unwrap();
                 let parsed = serde_json::from_str::<dunetrace_core::event::Payload>(text)
                     .unwrap_or_default();
                 assert_eq!(read, parsed, "{text}");
@@ -197,7 +199,11 @@ mod tests {
                 };
                 (bytes, row.get::<String>(2).unwrap().unwrap())
             });
-            assert_eq!(crate::jsonb::numeric_text(&bytes).unwrap(), out, "{n}");
+            assert_eq!(
+                dunetrace_core::jsonb::numeric_text(&bytes).unwrap(),
+                out,
+                "{n}"
+            );
         }
     }
 }

@@ -3,4 +3,5 @@ mod alerts;
 mod ingest;
 mod jsonb;
 mod process;
+mod safety;
 pub mod support;

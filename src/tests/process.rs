@@ -2,56 +2,12 @@
 
 #[pgrx::pg_schema]
 mod tests {
-    use crate::tests::support::{self, count, ev, ingest, process};
+    use crate::tests::support::{self, count, ev, ingest, looping_run, process};
     use pgrx::prelude::*;
     use serde_json::{json, Value};
 
-    const ARGS: &str = "0123456789abcdef";
-
     fn key() -> String {
         support::key("*")
-    }
-
-    /// A run that calls `search` `calls` times with identical arguments (V4 steps).
-    fn looping_run(run: &str, agent: &str, calls: i32, finish: bool) -> Value {
-        let mut v = vec![ev(
-            run,
-            agent,
-            "run.started",
-            0,
-            1000.0,
-            json!({"tools": ["search"]}),
-        )];
-        for i in 1..=calls {
-            let ts = 1000.0 + f64::from(i);
-            v.push(ev(
-                run,
-                agent,
-                "tool.called",
-                i,
-                ts,
-                json!({"tool_name": "search", "args_hash": ARGS}),
-            ));
-            v.push(ev(
-                run,
-                agent,
-                "tool.responded",
-                i,
-                ts + 0.5,
-                json!({"tool_name": "search", "success": true}),
-            ));
-        }
-        if finish {
-            v.push(ev(
-                run,
-                agent,
-                "run.completed",
-                calls,
-                1000.0 + f64::from(calls) + 1.0,
-                json!({"exit_reason": "completed", "total_steps": calls}),
-            ));
-        }
-        Value::Array(v)
     }
 
     #[pg_test]

@@ -65,3 +65,48 @@ pub fn process() -> i32 {
         .unwrap()
         .unwrap()
 }
+
+/// The args hash every looping tool call repeats.
+pub const ARGS: &str = "0123456789abcdef";
+
+/// A run that calls `search` `calls` times with identical arguments (V4 steps).
+pub fn looping_run(run: &str, agent: &str, calls: i32, finish: bool) -> Value {
+    let mut v = vec![ev(
+        run,
+        agent,
+        "run.started",
+        0,
+        1000.0,
+        json!({"tools": ["search"]}),
+    )];
+    for i in 1..=calls {
+        let ts = 1000.0 + f64::from(i);
+        v.push(ev(
+            run,
+            agent,
+            "tool.called",
+            i,
+            ts,
+            json!({"tool_name": "search", "args_hash": ARGS}),
+        ));
+        v.push(ev(
+            run,
+            agent,
+            "tool.responded",
+            i,
+            ts + 0.5,
+            json!({"tool_name": "search", "success": true}),
+        ));
+    }
+    if finish {
+        v.push(ev(
+            run,
+            agent,
+            "run.completed",
+            calls,
+            1000.0 + f64::from(calls) + 1.0,
+            json!({"exit_reason": "completed", "total_steps": calls}),
+        ));
+    }
+    Value::Array(v)
+}

@@ -94,6 +94,111 @@ pub fn connect() -> Client {
     connect_within(Duration::from_secs(30))
 }
 
+/// The DSN of another database of the test cluster.
+pub fn dsn_for(db: &str) -> String {
+    let base: Vec<String> = dsn()
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .map(str::to_string)
+        .collect();
+    format!("{} dbname={db}", base.join(" "))
+}
+
+/// Connects to another database of the test cluster.
+pub fn connect_to(db: &str) -> Client {
+    let mut config: postgres::Config = dsn_for(db).parse().expect("the DSN parses");
+    config.connect_timeout(Duration::from_secs(5));
+    config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect to {db}: {e}"))
+}
+
+/// The name of the database the tests (and the worker) use.
+pub fn test_db() -> String {
+    dsn()
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname=").map(str::to_string))
+        .expect("the DSN names a database")
+}
+
+/// Runs a PostgreSQL client program (`pg_dump`, `pg_restore`, …) of the server's major version
+/// against the test cluster as `postgres`; `args` follow the connection options. Panics with its
+/// output if it fails; returns its standard output.
+pub fn pg_tool(tool: &str, db: &str, args: &[&str]) -> String {
+    let get = |k: &str| {
+        dsn()
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let bin = format!("/usr/lib/postgresql/15/bin/{tool}");
+    let out = std::process::Command::new(&bin)
+        .args(["-h", &get("host="), "-p", &get("port="), "-U", "postgres", "-d", db])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Row counts of every table of schema `dunetrace`, as `table=count` lines.
+pub fn table_counts(c: &mut Client) -> Vec<String> {
+    let tables: Vec<String> = c
+        .query(
+            "SELECT c.relname::text FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace = 'dunetrace'::regnamespace AND c.relkind IN ('r', 'p') \
+             ORDER BY 1",
+            &[],
+        )
+        .expect("list tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tables
+        .iter()
+        .map(|t| {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM dunetrace.{t}"), &[])
+                .expect("count rows")
+                .get(0);
+            format!("{t}={n}")
+        })
+        .collect()
+}
+
+/// What PUBLIC may do with the extension's objects, as `kind name` lines (empty = nothing).
+pub fn public_privileges(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT kind || ' ' || name FROM ( \
+             SELECT 'function' AS kind, p.oid::regprocedure::text AS name \
+             FROM pg_catalog.pg_proc p \
+             WHERE p.pronamespace = 'dunetrace'::regnamespace \
+               AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') \
+             UNION ALL \
+             SELECT 'relation', c.oid::regclass::text FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace = 'dunetrace'::regnamespace AND c.relkind IN ('r', 'v', 'p') \
+               AND (pg_catalog.has_table_privilege('public', c.oid, \
+                        'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') \
+                    OR pg_catalog.has_any_column_privilege('public', c.oid, \
+                        'SELECT, INSERT, UPDATE, REFERENCES')) \
+             UNION ALL \
+             SELECT 'sequence', c.oid::regclass::text FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace = 'dunetrace'::regnamespace AND c.relkind = 'S' \
+               AND CASE WHEN c.relkind = 'S' \
+                   THEN pg_catalog.has_sequence_privilege('public', c.oid, 'USAGE, SELECT, UPDATE') END \
+         ) x ORDER BY 1",
+        &[],
+    )
+    .expect("read privileges")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 /// Connects and waits until the background worker runs (after `scripts/test-cluster.sh`
 /// recreates the database, or after an earlier test stopped it, it takes up to its 5 s restart
 /// interval to come back).

@@ -3,6 +3,7 @@
 use dunetrace_e2e::*;
 use postgres::Client;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PUBLIC_KEY: &str = "pk-lf-e2e";
@@ -13,19 +14,38 @@ const PROMPT_PATH: &str = "/api/public/prompts/support-bot%2Fsystem";
 const OLD_TEXT: &str = "You are a support agent.\nAnswer briefly.  \n\n";
 const FIX: &str = "Never call the same tool twice with identical arguments.";
 
-/// The stand-in: GET the prompt (version 7) and POST a new version (8); 404 otherwise.
+/// The stand-in: GET the prompt (version 7, label production) and POST a new version (8),
+/// which `?label=latest` then returns; 404 otherwise.
 fn langfuse(delay: Duration) -> Receiver {
+    let published: Arc<Mutex<Option<String>>> = Arc::default();
     Receiver::start(move |r| {
+        let latest = format!("{PROMPT_PATH}?label=latest");
         let reply = match (r.method.as_str(), r.path.as_str()) {
             ("GET", PROMPT_PATH) => Reply::Json(
                 200,
                 json!({"name": PROMPT, "prompt": OLD_TEXT, "type": "text", "version": 7,
                        "labels": ["production"], "config": {}}),
             ),
-            ("POST", "/api/public/prompts") => Reply::Json(
-                201,
-                json!({"name": PROMPT, "prompt": "", "type": "text", "version": 8, "labels": []}),
-            ),
+            ("GET", p) if p == latest => match published.lock().unwrap().clone() {
+                Some(text) => Reply::Json(
+                    200,
+                    json!({"name": PROMPT, "prompt": text, "type": "text", "version": 8,
+                           "labels": ["latest"], "config": {}}),
+                ),
+                None => Reply::Json(
+                    200,
+                    json!({"name": PROMPT, "prompt": OLD_TEXT, "type": "text", "version": 7,
+                           "labels": ["production", "latest"], "config": {}}),
+                ),
+            },
+            ("POST", "/api/public/prompts") => {
+                let text = r.json()["prompt"].as_str().unwrap_or_default().to_string();
+                *published.lock().unwrap() = Some(text);
+                Reply::Json(
+                    201,
+                    json!({"name": PROMPT, "prompt": "", "type": "text", "version": 8, "labels": []}),
+                )
+            }
             _ => Reply::Status(404),
         };
         reply.after(delay)
@@ -72,9 +92,10 @@ fn apply_fix_publishes_a_new_langfuse_version_and_records_it() {
     );
     let new_text = format!("{}\n\n{FIX}", OLD_TEXT.trim_end());
 
-    // What the stand-in saw: GET the prompt, then POST the new version, both authenticated.
+    // What the stand-in saw: GET the prompt, GET the newest version (not this text yet), then
+    // POST the new version, all authenticated.
     let reqs = lf.requests();
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
     let auth = format!(
         "Basic {}",
         base64(format!("{PUBLIC_KEY}:{SECRET_KEY}").as_bytes())
@@ -85,13 +106,17 @@ fn apply_fix_publishes_a_new_langfuse_version_and_records_it() {
     );
     assert_eq!(
         (reqs[1].method.as_str(), reqs[1].path.as_str()),
+        ("GET", format!("{PROMPT_PATH}?label=latest").as_str())
+    );
+    assert_eq!(
+        (reqs[2].method.as_str(), reqs[2].path.as_str()),
         ("POST", "/api/public/prompts")
     );
     for r in &reqs {
         assert_eq!(r.header("authorization"), Some(auth.as_str()));
     }
     assert_eq!(
-        reqs[1].json(),
+        reqs[2].json(),
         json!({"name": PROMPT, "prompt": new_text, "type": "text"}),
         "the published prompt"
     );
@@ -146,7 +171,7 @@ fn apply_fix_refuses_prompt_injection_signals() {
             &[&signal_id, &PROMPT, &FIX],
         )
         .expect_err("apply_fix on a PROMPT_INJECTION_SIGNAL must fail");
-    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err:?}");
     assert!(lf.requests().is_empty(), "Langfuse was contacted");
     assert_eq!(fix_count(&mut c, signal_id), 0);
 }
@@ -174,7 +199,7 @@ fn apply_fix_fails_cleanly_when_langfuse_does_not_answer_in_time() {
         "apply_fix gave up after {took:?}: {}",
         err.as_db_error().map(|e| e.message()).unwrap_or_default()
     );
-    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    assert_eq!(sqlstate(&err).as_deref(), Some("38000"), "{err:?}");
     assert!(
         took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
         "apply_fix took {took:?}"
@@ -214,7 +239,7 @@ fn apply_fix_reports_langfuse_errors_without_recording_anything() {
             &[&signal_id, &PROMPT, &FIX],
         )
         .expect_err("a failed publish is an error");
-    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    assert_eq!(sqlstate(&err).as_deref(), Some("38000"), "{err:?}");
     let err = c
         .query_one(
             "SELECT dunetrace.apply_fix($1, 'no-such-prompt', $2)::text",
@@ -232,6 +257,7 @@ fn apply_fix_reports_langfuse_errors_without_recording_anything() {
         paths,
         vec![
             ("GET".to_string(), PROMPT_PATH.to_string()),
+            ("GET".to_string(), format!("{PROMPT_PATH}?label=latest")),
             ("POST".to_string(), "/api/public/prompts".to_string()),
             (
                 "GET".to_string(),
@@ -239,4 +265,35 @@ fn apply_fix_reports_langfuse_errors_without_recording_anything() {
             ),
         ]
     );
+}
+
+#[test]
+#[ignore = "needs a cluster: scripts/test.sh runs it"]
+fn apply_fix_retried_after_a_rollback_does_not_publish_twice() {
+    let mut c = connect_ready();
+    reset_destinations(&mut c);
+    let lf = langfuse(Duration::ZERO);
+    configure(&mut c, &lf);
+    let (_agent, _run, signal_id) = looping_signal(&mut c, "e2e-fix-retry");
+
+    // Published, then the caller's transaction fails: the fix row is gone, the version stays.
+    let mut tx = c.transaction().expect("begin");
+    tx.query_one(
+        "SELECT dunetrace.apply_fix($1, $2, $3)::text",
+        &[&signal_id, &PROMPT, &FIX],
+    )
+    .expect("apply_fix");
+    tx.rollback().expect("rollback");
+    assert_eq!(fix_count(&mut c, signal_id), 0);
+
+    let out = query_json(
+        &mut c,
+        "dunetrace.apply_fix($1, $2, $3)",
+        &[&signal_id, &PROMPT, &FIX],
+    );
+    assert_eq!(out["published"], false, "{out}");
+    assert_eq!(out["new_version"], 8);
+    assert_eq!(fix_count(&mut c, signal_id), 1);
+    let posts = lf.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 1, "the prompt was published once");
 }

@@ -15,8 +15,8 @@
 //! `numeric_out` spells them before serde reads them, so the result is what the text path
 //! gives (a pg_test compares the two on many batches).
 
-use dunetrace_core::envelope::{Batch, Envelope, Node};
-use dunetrace_core::event::Payload;
+use crate::envelope::{Batch, Envelope, Node};
+use crate::event::Payload;
 use serde_json::{Map, Number, Value};
 
 const JB_CMASK: u32 = 0x0FFF_FFFF;
@@ -290,7 +290,7 @@ fn u16_at(b: &[u8], at: usize) -> Res<u16> {
 }
 
 /// The decimal text of a `numeric` varlena, digit for digit what `numeric_out` prints.
-pub(crate) fn numeric_text(b: &[u8]) -> Res<String> {
+pub fn numeric_text(b: &[u8]) -> Res<String> {
     // The varlena header: 1 byte (short, low bit set on little-endian) or 4 bytes.
     let first = *b.first().ok_or(ReadError::Corrupt)?;
     let (hdr, total) = if cfg!(target_endian = "little") {
