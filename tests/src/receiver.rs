@@ -77,6 +77,8 @@ pub enum Reply {
     /// No answer: hold the connection open for this long (or until the receiver is dropped),
     /// then close it.
     Hang(Duration),
+    /// A redirect (`status`, e.g. 302 or 307) to `location`.
+    Redirect(u16, String),
 }
 
 impl Reply {
@@ -370,13 +372,17 @@ fn respond(stream: &mut TcpStream, shared: &Shared, reply: &Reply) {
             respond(stream, shared, inner);
         }
         Reply::Hang(d) => shared.pause(*d),
-        Reply::Status(s) | Reply::Json(s, _) => {
+        Reply::Status(s) | Reply::Json(s, _) | Reply::Redirect(s, _) => {
             let (ctype, body) = match reply {
                 Reply::Json(_, v) => ("application/json", v.to_string()),
                 _ => ("text/plain", reason(*s).to_string()),
             };
+            let location = match reply {
+                Reply::Redirect(_, to) => format!("Location: {to}\r\n"),
+                _ => String::new(),
+            };
             let head = format!(
-                "HTTP/1.1 {s} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {s} {}\r\nContent-Type: {ctype}\r\n{location}Content-Length: {}\r\nConnection: close\r\n\r\n",
                 reason(*s),
                 body.len()
             );

@@ -48,10 +48,10 @@ fn dump_and_restore_keep_every_row_and_the_worker_resumes() {
     // Into a new database: every row, working keys, sequences that continue.
     let mut admin = connect_to("postgres");
     admin
-        .batch_execute(
-            "DROP DATABASE IF EXISTS dunetrace_restored WITH (FORCE); \
-             CREATE DATABASE dunetrace_restored",
-        )
+        .batch_execute("DROP DATABASE IF EXISTS dunetrace_restored WITH (FORCE)")
+        .expect("drop an old copy");
+    admin
+        .batch_execute("CREATE DATABASE dunetrace_restored")
         .expect("create the target database");
     pg_tool(
         "pg_restore",
@@ -80,10 +80,11 @@ fn dump_and_restore_keep_every_row_and_the_worker_resumes() {
     // Into the worker's own database, recreated empty: the worker resumes there.
     drop(c);
     admin
-        .batch_execute(&format!(
-            "DROP DATABASE {db} WITH (FORCE); CREATE DATABASE {db}"
-        ))
-        .expect("recreate the worker's database");
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .expect("drop the worker's database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("create the worker's database again");
     pg_tool(
         "pg_restore",
         &db,

@@ -19,7 +19,7 @@ SELECT line FROM (
   SELECT format('column %s.%s type=%s notnull=%s default=%s identity=%s generated=%s acl=%s',
                 c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                 pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated, a.attacl)
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid, ns
+  FROM ns, pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   WHERE c.relnamespace = ns.oid AND a.attnum > 0 AND NOT a.attisdropped
   UNION ALL
@@ -41,7 +41,7 @@ SELECT line FROM (
   SELECT format('sequence %s type=%s inc=%s min=%s max=%s cache=%s cycle=%s owned_by=%s',
                 c.relname, format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax,
                 s.seqcache, s.seqcycle,
-                (SELECT d.refobjid::regclass || '.' || d.refobjsubid || '/' || d.deptype
+                (SELECT d.refobjid::regclass::text || '.' || d.refobjsubid || '/' || d.deptype::text
                  FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                    AND d.deptype IN ('a', 'i')))
   FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid, ns WHERE c.relnamespace = ns.oid
@@ -80,11 +80,14 @@ fn describe(c: &mut Client) -> Vec<String> {
 }
 
 fn recreate(admin: &mut Client, db: &str) {
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"
-        ))
-        .unwrap_or_else(|e| panic!("recreate {db}: {e}"));
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
 }
 
 /// A finished run that loops a tool (TOOL_LOOP) for `agent`.
@@ -226,9 +229,9 @@ fn upgrade_from_0_1_0_keeps_the_data_and_equals_a_fresh_install() {
 
     drop(old);
     drop(fresh);
-    admin
-        .batch_execute(
-            "DROP DATABASE dunetrace_upgrade WITH (FORCE); DROP DATABASE dunetrace_fresh WITH (FORCE)",
-        )
-        .expect("drop the databases");
+    for db in ["dunetrace_upgrade", "dunetrace_fresh"] {
+        admin
+            .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .expect("drop the database");
+    }
 }
