@@ -124,6 +124,21 @@ GRANT SELECT ON dunetrace.events, dunetrace.runs, dunetrace.failure_signals,
 GRANT SELECT (id, key_prefix, agent_id, customer_id, active, created_at, revoked_at, rate_limit_rpm)
     ON dunetrace.api_keys TO dunetrace_reader;
 
+-- The worker's role (used when dunetrace.worker_role is set): what its statements read and
+-- write, nothing else; never API keys or Langfuse credentials.
+GRANT USAGE ON SCHEMA dunetrace TO dunetrace_worker;
+GRANT SELECT ON dunetrace.events, dunetrace.detector_settings, dunetrace.destinations
+    TO dunetrace_worker;
+GRANT SELECT, UPDATE ON dunetrace.runs TO dunetrace_worker;
+GRANT SELECT, INSERT, UPDATE ON dunetrace.processed_runs, dunetrace.failure_signals,
+                                dunetrace.issues, dunetrace.deliveries
+    TO dunetrace_worker;
+GRANT SELECT, INSERT ON dunetrace.delivery_attempts, dunetrace.digest_log TO dunetrace_worker;
+GRANT USAGE ON SEQUENCE dunetrace.failure_signals_id_seq, dunetrace.processed_runs_seq,
+                        dunetrace.issues_id_seq, dunetrace.deliveries_id_seq,
+                        dunetrace.digest_log_id_seq
+    TO dunetrace_worker;
+
 -- Backups: every table and sequence holds user data, so pg_dump dumps their rows and
 -- positions along with CREATE EXTENSION (docs/operations.md, "Backup and restore").
 -- (One statement each: the function updates the extension's catalog row.)

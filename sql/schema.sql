@@ -10,6 +10,11 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'dunetrace_reader') THEN
         CREATE ROLE dunetrace_reader NOLOGIN;
     END IF;
+    -- What the background worker needs, for running it without superuser
+    -- (dunetrace.worker_role names a LOGIN member of this role).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'dunetrace_worker') THEN
+        CREATE ROLE dunetrace_worker NOLOGIN;
+    END IF;
 END
 $roles$;
 

@@ -9,6 +9,8 @@ pub static STALL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(90);
 /// The database the background worker connects to.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// The role the background worker connects as (empty: the bootstrap superuser).
+pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Fallback poll of the worker (stalled runs, retries), seconds.
 pub static WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// Runs per processing batch (one transaction).
@@ -178,6 +180,14 @@ pub fn init() {
         c"Database the dunetrace background worker connects to.",
         c"The extension must be created in this database for the worker to do anything.",
         &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dunetrace.worker_role",
+        c"Role the dunetrace background worker connects as; empty = the bootstrap superuser.",
+        c"A LOGIN role that is a member of dunetrace_worker (see docs/operations.md).",
+        &WORKER_ROLE,
         GucContext::Postmaster,
         GucFlags::default(),
     );

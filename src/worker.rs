@@ -118,7 +118,13 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
         .get()
         .and_then(|c| c.into_string().ok())
         .unwrap_or_else(|| "postgres".into());
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // As `dunetrace.worker_role` when set (a member of dunetrace_worker, which holds exactly
+    // the privileges the worker's statements need), else as the bootstrap superuser.
+    let role = settings::WORKER_ROLE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|r| !r.is_empty());
+    BackgroundWorker::connect_worker_to_spi(Some(&db), role.as_deref());
     // SAFETY: sets this backend's application_name shown in pg_stat_activity.
     unsafe { pg_sys::pgstat_report_appname(c"dunetrace worker".as_ptr()) };
     // The worker's statements are short and many: compiling one with LLVM (JIT, on by default
@@ -138,7 +144,10 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
     // However the process ends (SIGTERM ends it from inside `die`), the latch is withdrawn.
     // SAFETY: registers a callback Postgres runs once while this process exits.
     unsafe { pg_sys::before_shmem_exit(Some(withdraw_on_exit), pg_sys::Datum::from(0)) };
-    pgrx::log!("dunetrace worker started in database \"{db}\"");
+    pgrx::log!(
+        "dunetrace worker started in database \"{db}\" as {}",
+        role.as_deref().map_or("the bootstrap superuser".to_string(), |r| format!("role \"{r}\""))
+    );
     let mut wait = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(wait)) {
         reload_if_asked();

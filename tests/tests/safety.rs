@@ -18,6 +18,25 @@ fn log_len() -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+/// Takes the test's configuration-file settings back (and reloads) however the test ends.
+/// The cluster's own settings live in the same file (postgresql.auto.conf), so the attempt
+/// limit is set back to what it was, not reset.
+struct ReloadReset {
+    max_attempts: String,
+}
+
+impl Drop for ReloadReset {
+    fn drop(&mut self) {
+        let mut c = connect();
+        let _ = c.batch_execute("ALTER SYSTEM RESET search_path");
+        let _ = c.batch_execute(&format!(
+            "ALTER SYSTEM SET dunetrace.http_max_attempts = {}",
+            self.max_attempts
+        ));
+        let _ = c.batch_execute("SELECT pg_reload_conf()");
+    }
+}
+
 fn drop_planter(c: &mut Client) {
     c.batch_execute(
         "DO $$ BEGIN
@@ -123,6 +142,41 @@ fn functions_planted_in_public_are_never_called_by_the_worker() {
     )
     .expect("SQL entry points with public first in search_path");
     wait_signal(&mut c, &again.run_id, "TOOL_LOOP", Duration::from_secs(20));
+
+    // A reload (SIGHUP) is applied between batches and never unpins the search_path, even
+    // when the configuration file puts public first.
+    let max_attempts: String = c
+        .query_one("SHOW dunetrace.http_max_attempts", &[])
+        .expect("show")
+        .get(0);
+    let _reset = ReloadReset { max_attempts };
+    c.batch_execute("ALTER SYSTEM SET search_path = 'public, pg_catalog'")
+        .expect("a search_path in the configuration file");
+    c.batch_execute("ALTER SYSTEM SET dunetrace.http_max_attempts = 1")
+        .expect("one attempt per delivery");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    wait_until(Duration::from_secs(10), "the reload", || {
+        let mut fresh = connect();
+        let v: String = fresh
+            .query_one("SHOW dunetrace.http_max_attempts", &[])
+            .expect("show")
+            .get(0);
+        (v == "1").then_some(())
+    });
+    reset_destinations(&mut c);
+    let failing = Receiver::statuses(&[500]);
+    let dest = add_destination(&mut c, "webhook", &failing.url("/reload"), None, None);
+    let after = agent.loop_run(&mut c);
+    let signal = wait_signal(&mut c, &after.run_id, "TOOL_LOOP", Duration::from_secs(20));
+    let d = wait_delivery(
+        &mut c,
+        signal,
+        dest,
+        Duration::from_secs(20),
+        "the delivery to fail",
+        |d| d.status == "failed",
+    );
+    assert_eq!(d.attempts, 1, "the reloaded attempt limit applies");
 
     let calls: Vec<String> = c
         .query("SELECT who || ': ' || fn FROM public.dt_calls", &[])
