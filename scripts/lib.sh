@@ -19,7 +19,7 @@ as_root() {
 
 # System packages, cargo-pgrx and its Postgres registration.
 ensure_deps() {
-    local pkgs="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libssl-dev sudo python3 python3-venv curl"
+    local pkgs="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libssl-dev openssl sudo python3 python3-venv curl"
     local missing=""
     for p in $pkgs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,5 +1,5 @@
 //! Alert destinations and the outbox: storing a live signal queues one delivery per matching
-//! destination in the same transaction (contract §3.9); `dispatch.rs` sends them.
+//! destination in the same transaction (the outbox); `dispatch.rs` sends them.
 
 use crate::errors::invalid;
 use crate::explain::StoredSignal;
@@ -107,7 +107,7 @@ fn destinations(client: &SpiClient<'_>) -> Result<Vec<Destination>, SpiError> {
     Ok(out)
 }
 
-/// Live, affected runs / all processed runs of the agent in the last 7 days (contract §3.5).
+/// Live, affected runs / all processed runs of the agent in the last 7 days (a real rate).
 pub fn rate_context(
     client: &SpiClient<'_>,
     agent_id: &str,

@@ -1,4 +1,4 @@
-//! Fix tracking (upstream-behaviour §8, contract §3.10): record fixes, judge whether they
+//! Fix tracking (README.md, "Fixes"): record fixes, judge whether they
 //! worked, and publish prompt fixes to Langfuse.
 
 use crate::errors::{invalid, raise};

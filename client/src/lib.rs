@@ -18,6 +18,50 @@
 //!   ([`Stats::dropped_overflow`]).
 //! * **Delivery** is at least once: if a connection breaks while a batch is being committed,
 //!   that batch is sent again and may be stored twice.
+//! * **Errors** are sorted by the table shared with the HTTP gateway,
+//!   [`dunetrace_core::sqlstate`] (re-exported as [`ErrorClass`]): only
+//!   [transient](ErrorClass::Transient) failures (connection lost, server restarting or
+//!   overloaded, deadlock, the extension not installed yet) and failures before a batch is
+//!   sent (connecting, preparing the statement) are retried; a batch the server refuses (bad or revoked key, another agent's data, an invalid
+//!   event, a run past `dunetrace.max_events_per_run`) or fails on is dropped and counted in
+//!   [`Stats::dropped_rejected`], after narrowing it down to the events at fault. The last
+//!   failure and its class are in [`Stats::last_error`] and [`Stats::last_error_class`].
+//!
+//! ## Connection strings and TLS
+//!
+//! [`Dunetrace::connect`] takes a libpq-style connection string, `key=value` pairs
+//! (`host=db.internal port=5432 dbname=app user=agent password=…`) or a URL
+//! (`postgres://agent:…@db.internal:5432/app?sslmode=verify-full`), with libpq's TLS options:
+//!
+//! | option | effect |
+//! |---|---|
+//! | no `sslmode`, `sslmode=disable` | no TLS |
+//! | `sslmode=prefer` | TLS if the server offers it, else plain |
+//! | `sslmode=require` | TLS; the server's certificate is not checked (unless a root certificate is given, as with libpq) |
+//! | `sslmode=verify-ca` | TLS; the server's certificate chain must lead to `sslrootcert` |
+//! | `sslmode=verify-full` | as `verify-ca`, and the certificate must name the host in the connection string |
+//! | `sslrootcert=/path/ca.crt` | the trusted root certificate(s), PEM; default `~/.postgresql/root.crt`; `system` for the system's roots (implies `verify-full`) |
+//!
+//! TLS uses OpenSSL (through `native-tls`). `sslmode` does not apply to Unix sockets (as
+//! with libpq); `sslmode=allow`, client certificates and the `PGSSL*` environment variables
+//! are not supported. A connection that fails verification is retried like any failed
+//! connection; [`Stats::last_error`] says why (e.g. *the server's certificate does not name
+//! the host connected to*), never with the password. [`tls::PgConfig`] is the same parsing,
+//! for opening connections yourself.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), dunetrace_client::Error> {
+//! let dt = dunetrace_client::Dunetrace::connect(
+//!     "host=db.internal dbname=app user=agent sslmode=verify-full sslrootcert=/etc/ssl/db-ca.crt",
+//!     "dt_...",
+//! )?;
+//! # Ok(()) }
+//! ```
+//!
+//! The client sends each batch as
+//! `SELECT dunetrace.ingest($1::text, $2::text::jsonb)` with the API key and the events as
+//! bind parameters; they are never part of the SQL text. Do the same when calling
+//! `dunetrace.ingest()` yourself (see [`tls::PgConfig`]).
 //!
 //! ```no_run
 //! use dunetrace_client::{Dunetrace, LlmResponse, ToolResult};
@@ -43,7 +87,9 @@
 mod hash;
 mod run;
 mod sender;
+pub mod tls;
 
+pub use dunetrace_core::sqlstate::ErrorClass;
 pub use hash::{agent_version, canonical_json, hash_content, Content};
 pub use postgres;
 pub use run::{Agent, LlmResponse, RetrievalResult, Run, Signal, ToolResult, NO_TOOLS};
@@ -77,8 +123,12 @@ pub const DEFAULT_BATCH_SIZE: usize = 100;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The connection string could not be parsed.
+    /// The connection string could not be parsed. Never repeats the string (it may hold a
+    /// password).
     InvalidDsn(String),
+    /// The connection string's TLS options cannot be used (e.g. `sslrootcert` cannot be
+    /// read, or `verify-ca`/`verify-full` without a root certificate).
+    Tls(String),
     /// The API key is not a dunetrace key (`dt_` + random characters).
     InvalidApiKey,
     /// A required environment variable is not set.
@@ -93,6 +143,7 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::InvalidDsn(e) => write!(f, "invalid connection string: {e}"),
+            Error::Tls(e) => write!(f, "invalid TLS settings: {e}"),
             Error::InvalidApiKey => {
                 f.write_str("invalid API key: dunetrace keys start with \"dt_\"")
             }
@@ -134,8 +185,14 @@ pub struct Stats {
     pub batches: u64,
     /// Whether the sender holds an open connection.
     pub connected: bool,
-    /// The last failure (connection or server error), for diagnostics. Never holds content.
+    /// The last failure (connection or server error), for diagnostics. Never holds content
+    /// or a password.
     pub last_error: Option<String>,
+    /// The class of the last failure in the table shared with the gateway
+    /// ([`dunetrace_core::sqlstate`]): `Transient` for a failure that is retried (including
+    /// any failure to connect or to prepare the statement, whatever its SQLSTATE), another
+    /// class for a batch that was dropped. Events refused before sending are `Invalid`.
+    pub last_error_class: Option<ErrorClass>,
 }
 
 /// Configures a client; see [`Dunetrace::builder`].
@@ -164,8 +221,8 @@ impl std::fmt::Debug for Builder {
 }
 
 impl Builder {
-    /// The connection string (`host=... dbname=...` or `postgres://...`). Connections are
-    /// made without TLS; use [`connector`](Self::connector) for TLS.
+    /// The connection string (`host=... dbname=...` or `postgres://...`), with libpq's
+    /// `sslmode` and `sslrootcert` for TLS (see [the crate documentation](crate#connection-strings-and-tls)).
     pub fn dsn(mut self, dsn: &str) -> Builder {
         self.dsn = Some(dsn.to_string());
         self
@@ -177,8 +234,8 @@ impl Builder {
         self
     }
 
-    /// Opens connections with `connect` instead of the DSN (for TLS, or pools). Called on
-    /// the sender thread whenever it needs a connection.
+    /// Opens connections with `connect` instead of the DSN (e.g. for client certificates, or
+    /// pools). Called on the sender thread whenever it needs a connection.
     ///
     /// ```no_run
     /// use dunetrace_client::{postgres, Dunetrace};
@@ -284,12 +341,12 @@ impl Builder {
     }
 }
 
-/// A connector for a DSN: no TLS, a 5 s connect timeout and a 30 s TCP user timeout unless
-/// the DSN says otherwise, application name `dunetrace-client`.
+/// A connector for a DSN: TLS as its `sslmode` says (none by default), a 5 s connect timeout
+/// and a 30 s TCP user timeout unless the DSN says otherwise, application name
+/// `dunetrace-client`.
 fn dsn_connector(dsn: &str) -> Result<Connector, Error> {
-    let mut cfg: postgres::Config = dsn
-        .parse()
-        .map_err(|e: postgres::Error| Error::InvalidDsn(e.to_string()))?;
+    let pg = tls::PgConfig::parse(dsn)?;
+    let mut cfg = postgres::Config::from(pg.config().clone());
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(5));
     }
@@ -299,7 +356,7 @@ fn dsn_connector(dsn: &str) -> Result<Connector, Error> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("dunetrace-client");
     }
-    Ok(Box::new(move || cfg.connect(postgres::NoTls)))
+    Ok(Box::new(move || pg.connect_with(&cfg)))
 }
 
 struct Inner {
@@ -351,6 +408,7 @@ fn stats(shared: &Shared) -> Stats {
         batches: st.batches,
         connected: st.connected,
         last_error: st.last_error.clone(),
+        last_error_class: st.last_error_class,
     }
 }
 
@@ -491,7 +549,10 @@ impl Dunetrace {
     /// Validates `event` as the server would and queues it; refused events are counted.
     fn emit(&self, agent_id: &str, event: Value) {
         match dunetrace_core::validate::parse_event(&event, 0.0) {
-            Ok(_) => self.inner.shared.push(agent_id, event.to_string()),
+            Ok(parsed) => self
+                .inner
+                .shared
+                .push(agent_id, &parsed.run_id, event.to_string()),
             Err(e) => self
                 .inner
                 .shared

@@ -4,8 +4,21 @@
 //! batches off the front, calls the database without holding the lock, and on a transient
 //! failure puts the batch back at the front, so the oldest events stay the oldest. When the
 //! buffer is full, the oldest event is dropped and counted.
+//!
+//! What an error means is decided by the table shared with the gateway,
+//! [`dunetrace_core::sqlstate`]: a [transient](ErrorClass::Transient) failure keeps the batch
+//! for another attempt on a fresh connection; any other refusal drops it (retrying could never
+//! succeed, and would block the events behind it), after narrowing it down so that as few
+//! events as possible go with it:
+//!
+//! | class | what the sender does |
+//! |---|---|
+//! | `Transient`, and any failure before the batch is sent (connecting, preparing the statement) | keeps the batch in front of the buffer, reconnects, retries with backoff |
+//! | `Invalid` | splits the batch in halves until the invalid events are alone; drops those |
+//! | `Forbidden`, `TooLarge` | sends each run of the batch on its own; drops the runs refused (a run of another agent, a run past `dunetrace.max_events_per_run`) |
+//! | `Auth`, `External`, `Internal` | drops the batch |
 
-use postgres::error::SqlState;
+use dunetrace_core::sqlstate::{self, ErrorClass};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,6 +46,7 @@ pub(crate) struct Settings {
 /// One serialized, already validated event.
 pub(crate) struct Queued {
     pub agent_id: String,
+    pub run_id: String,
     pub json: String,
 }
 
@@ -55,6 +69,7 @@ pub(crate) struct State {
     pub sender_done: bool,
     pub connected: bool,
     pub last_error: Option<String>,
+    pub last_error_class: Option<ErrorClass>,
 }
 
 impl State {
@@ -100,7 +115,7 @@ impl Shared {
     }
 
     /// Queues one event; never blocks beyond the lock.
-    pub fn push(&self, agent_id: &str, json: String) {
+    pub fn push(&self, agent_id: &str, run_id: &str, json: String) {
         let mut st = self.lock();
         st.emitted += 1;
         if st.shutdown.is_some() {
@@ -111,6 +126,7 @@ impl Shared {
         }
         st.queue.push_back(Queued {
             agent_id: agent_id.to_string(),
+            run_id: run_id.to_string(),
             json,
         });
         let before = st.dropped_overflow;
@@ -129,6 +145,7 @@ impl Shared {
         st.emitted += 1;
         st.dropped_rejected += 1;
         st.last_error = Some(why);
+        st.last_error_class = Some(ErrorClass::Invalid);
         drop(st);
         self.settled.notify_all();
     }
@@ -191,13 +208,11 @@ impl Shared {
 /// What one `ingest()` call came to.
 enum Outcome {
     Sent,
-    /// The server refused the batch as a whole (bad or revoked key, agent mismatch):
-    /// sending it again can never succeed.
-    Refused(String),
-    /// The server found an invalid event in the batch: split it to find the culprit.
-    Invalid(String),
-    /// The database could not be reached or failed: keep the events and try later.
-    Retry(String),
+    /// Refused or failed; `why` is for [`Stats::last_error`](crate::Stats::last_error).
+    Failed {
+        class: ErrorClass,
+        why: String,
+    },
 }
 
 struct Conn {
@@ -211,16 +226,40 @@ impl Conn {
             self.live = None;
         }
         if self.live.is_none() {
-            match (self.connector)().and_then(|mut c| {
-                let stmt = c.prepare(INGEST_SQL)?;
-                Ok((c, stmt))
-            }) {
-                Ok(live) => self.live = Some(live),
-                Err(e) => return Outcome::Retry(describe("could not connect", &e)),
+            let mut client = match (self.connector)() {
+                Ok(c) => c,
+                Err(e) => {
+                    // Whatever the reason (the database is down, the DSN's role, password or
+                    // certificate is wrong), the batch is not at fault: the events wait.
+                    return Outcome::Failed {
+                        class: ErrorClass::Transient,
+                        why: format!(
+                            "could not connect (will retry): {}",
+                            crate::tls::describe_error(&e)
+                        ),
+                    };
+                }
+            };
+            match client.prepare(INGEST_SQL) {
+                Ok(stmt) => self.live = Some((client, stmt)),
+                // E.g. the extension is not installed (yet), or the role may not use it. The
+                // batch has not been looked at, so it is not at fault either: it waits.
+                Err(e) => {
+                    return Outcome::Failed {
+                        class: ErrorClass::Transient,
+                        why: format!(
+                            "preparing ingest failed (will retry): {}",
+                            crate::tls::describe_error(&e)
+                        ),
+                    }
+                }
             }
         }
         let Some((client, stmt)) = self.live.as_mut() else {
-            return Outcome::Retry("not connected".into());
+            return Outcome::Failed {
+                class: ErrorClass::Transient,
+                why: "not connected".into(),
+            };
         };
         let mut body =
             String::with_capacity(batch.iter().map(|q| q.json.len() + 1).sum::<usize>() + 2);
@@ -235,38 +274,52 @@ impl Conn {
         match client.query_one(&*stmt, &[&api_key, &body]) {
             Ok(_) => Outcome::Sent,
             Err(e) => {
-                let code = e.code().cloned();
-                let what = describe("ingest failed", &e);
-                match code {
-                    Some(c)
-                        if c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                            || c == SqlState::INSUFFICIENT_PRIVILEGE =>
-                    {
-                        Outcome::Refused(what)
-                    }
-                    Some(c)
-                        if c == SqlState::INVALID_PARAMETER_VALUE
-                            || c == SqlState::INVALID_TEXT_REPRESENTATION =>
-                    {
-                        Outcome::Invalid(what)
-                    }
-                    _ => {
-                        // Anything else may be transient: start over on a fresh connection.
-                        self.live = None;
-                        Outcome::Retry(what)
-                    }
+                if classify(&e).retryable() {
+                    // Start over on a fresh connection.
+                    self.live = None;
                 }
+                failed("ingest failed", &e)
             }
         }
     }
 }
 
-/// An error's SQLSTATE and message (server messages never echo event values).
-fn describe(context: &str, e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{context}: {} {}", db.code().code(), db.message()),
-        None => format!("{context}: {e}"),
+/// The outcome of a statement that failed with `e`.
+fn failed(context: &str, e: &postgres::Error) -> Outcome {
+    let class = classify(e);
+    let what = if class.retryable() {
+        "will retry"
+    } else {
+        "dropped"
+    };
+    Outcome::Failed {
+        class,
+        why: format!(
+            "{context} ({class}, {what}): {}",
+            crate::tls::describe_error(e)
+        ),
     }
+}
+
+/// The shared table's class of a driver error; an error without a SQLSTATE (the connection
+/// broke or timed out) is transient.
+pub(crate) fn classify(e: &postgres::Error) -> ErrorClass {
+    match e.as_db_error() {
+        Some(db) => sqlstate::classify_error(db.code().code(), db.message()),
+        None => ErrorClass::Transient,
+    }
+}
+
+/// The events of `part` grouped by run, runs in order of first appearance.
+fn by_run(part: Vec<Queued>) -> Vec<Vec<Queued>> {
+    let mut groups: Vec<Vec<Queued>> = Vec::new();
+    for q in part {
+        match groups.iter_mut().find(|g| g[0].run_id == q.run_id) {
+            Some(g) => g.push(q),
+            None => groups.push(vec![q]),
+        }
+    }
+    groups
 }
 
 /// The sender thread's body.
@@ -326,7 +379,7 @@ pub(crate) fn run(shared: Arc<Shared>, connector: Connector) {
 
         // Send it, splitting batches the server finds invalid down to the bad events.
         let mut parts: Vec<Vec<Queued>> = vec![batch];
-        let mut failed: Option<(Vec<Queued>, String)> = None;
+        let mut failed: Option<(Vec<Queued>, String, ErrorClass)> = None;
         while let Some(part) = parts.pop() {
             let outcome = conn.ingest(&s.api_key, &part);
             let mut st = shared.lock();
@@ -337,7 +390,20 @@ pub(crate) fn run(shared: Arc<Shared>, connector: Connector) {
                     st.batches += 1;
                     st.inflight -= part.len();
                 }
-                Outcome::Invalid(_) if part.len() > 1 => {
+                Outcome::Failed { class, why } if class.retryable() => {
+                    drop(st);
+                    let mut rest = part;
+                    for p in parts.drain(..).rev() {
+                        rest.extend(p);
+                    }
+                    failed = Some((rest, why, class));
+                    break;
+                }
+                // An invalid event: split in halves until it is alone.
+                Outcome::Failed {
+                    class: ErrorClass::Invalid,
+                    ..
+                } if part.len() > 1 => {
                     drop(st);
                     let mut first = part;
                     let second = first.split_off(first.len() / 2);
@@ -345,19 +411,20 @@ pub(crate) fn run(shared: Arc<Shared>, connector: Connector) {
                     parts.push(first);
                     continue;
                 }
-                Outcome::Invalid(why) | Outcome::Refused(why) => {
+                // A run refused as a whole: send each run on its own, so only it is dropped.
+                Outcome::Failed {
+                    class: ErrorClass::Forbidden | ErrorClass::TooLarge,
+                    ..
+                } if part.iter().any(|q| q.run_id != part[0].run_id) => {
+                    drop(st);
+                    parts.extend(by_run(part).into_iter().rev());
+                    continue;
+                }
+                Outcome::Failed { class, why } => {
                     st.dropped_rejected += part.len() as u64;
                     st.inflight -= part.len();
                     st.last_error = Some(why);
-                }
-                Outcome::Retry(why) => {
-                    drop(st);
-                    let mut rest = part;
-                    for p in parts.drain(..).rev() {
-                        rest.extend(p);
-                    }
-                    failed = Some((rest, why));
-                    break;
+                    st.last_error_class = Some(class);
                 }
             }
             drop(st);
@@ -366,7 +433,7 @@ pub(crate) fn run(shared: Arc<Shared>, connector: Connector) {
 
         match failed {
             None => backoff = FIRST_BACKOFF,
-            Some((rest, why)) => {
+            Some((rest, why, class)) => {
                 // Put the events back in front, in order; past the bound the oldest go.
                 let mut st = shared.lock();
                 st.inflight = 0;
@@ -375,6 +442,7 @@ pub(crate) fn run(shared: Arc<Shared>, connector: Connector) {
                 }
                 st.trim(s.capacity);
                 st.last_error = Some(why);
+                st.last_error_class = Some(class);
                 drop(st);
                 shared.settled.notify_all();
                 sleep(&shared, backoff);

@@ -6,7 +6,8 @@ mod common;
 
 use common::{admin, dsn, events, new_agent, random_hex, wait_processed};
 use dunetrace_client::{
-    canonical_json, Dunetrace, LlmResponse, RetrievalResult, Signal, ToolResult, NO_TOOLS,
+    canonical_json, Dunetrace, ErrorClass, LlmResponse, RetrievalResult, Signal, ToolResult,
+    NO_TOOLS,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -340,6 +341,7 @@ fn refused_batches_are_dropped_and_counted_without_holding_up_others() {
         s.last_error.as_deref().unwrap_or("").contains("42501"),
         "{s:?}"
     );
+    assert_eq!(s.last_error_class, Some(ErrorClass::Forbidden), "{s:?}");
     assert_eq!(events(&mut db, &mine_id).len(), 2);
     assert_eq!(events(&mut db, &foreign_id).len(), 0);
 
@@ -359,6 +361,7 @@ fn refused_batches_are_dropped_and_counted_without_holding_up_others() {
         s.last_error.as_deref().unwrap_or("").contains("28000"),
         "{s:?}"
     );
+    assert_eq!(s.last_error_class, Some(ErrorClass::Auth), "{s:?}");
     assert_eq!(events(&mut db, &late_id).len(), 0);
 
     // A key that never existed.
@@ -435,4 +438,89 @@ fn dropping_the_last_handle_delivers_what_is_pending() {
             "run.completed"
         ]
     );
+}
+
+/// A client whose sender lingers long enough that everything emitted before `flush()` travels
+/// in one batch; each connection it opens first runs `setup`.
+fn one_batch_client(key: &str, setup: &'static str) -> Dunetrace {
+    let dsn = dsn();
+    Dunetrace::builder()
+        .api_key(key)
+        .connector(move || {
+            let mut c = postgres::Client::connect(&dsn, postgres::NoTls)?;
+            c.batch_execute(setup)?;
+            Ok(c)
+        })
+        .linger(Duration::from_secs(30))
+        .flush_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs a cluster; scripts/test.sh runs it"]
+fn a_run_past_the_event_cap_is_dropped_without_its_batch_neighbours() {
+    let mut db = admin();
+    let (agent_id, key) = new_agent(&mut db, "cap");
+    // Superuser connections (the test DSN) may lower the cap for their session.
+    let dt = one_batch_client(&key, "SET dunetrace.max_events_per_run = 6");
+    let small = dt.run(&agent_id, "x", "m", NO_TOOLS);
+    let big = dt.run(&agent_id, "y", "m", NO_TOOLS);
+    for _ in 0..4 {
+        big.llm_called("m", 10);
+        big.llm_responded(LlmResponse::new().finish_reason("stop"));
+    }
+    let (small_id, big_id) = (small.run_id().to_string(), big.run_id().to_string());
+    small.finish();
+    big.finish();
+    assert!(dt.flush());
+    let s = dt.stats();
+    // One batch of 12 refused (54000); each run then sent on its own: the small one is stored,
+    // the one past the cap (10 events > 6) dropped and counted, not retried.
+    assert_eq!((s.sent, s.dropped_rejected, s.pending), (2, 10, 0), "{s:?}");
+    assert_eq!(s.batches, 1, "{s:?}");
+    assert_eq!(s.last_error_class, Some(ErrorClass::TooLarge), "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("54000"),
+        "{s:?}"
+    );
+    assert_eq!(events(&mut db, &small_id).len(), 2);
+    assert_eq!(events(&mut db, &big_id).len(), 0);
+}
+
+#[test]
+#[ignore = "needs a cluster; scripts/test.sh runs it"]
+fn a_run_owned_by_another_agent_is_dropped_without_its_batch_neighbours() {
+    let mut db = admin();
+    let (agent_id, key) = new_agent(&mut db, "owner");
+    let (other_agent, other_key) = new_agent(&mut db, "thief");
+    let dt = one_batch_client(&key, "SELECT 1");
+    let mine = dt.run(&agent_id, "x", "m", NO_TOOLS);
+    let taken = dt.run(&agent_id, "y", "m", NO_TOOLS);
+    let (mine_id, taken_id) = (mine.run_id().to_string(), taken.run_id().to_string());
+    mine.finish();
+    taken.finish();
+    // Before the client sends, another agent stores an event under one of the run ids.
+    let foreign = json!([{
+        "event_type": "run.started", "run_id": taken_id, "agent_id": other_agent,
+        "agent_version": "a1b2c3d4", "step_index": 0, "timestamp": 1732550000.25,
+        "payload": {},
+    }])
+    .to_string();
+    db.query_one(
+        "SELECT dunetrace.ingest($1::text, $2::text::jsonb)::text",
+        &[&other_key, &foreign],
+    )
+    .expect("the other agent's event");
+    assert!(dt.flush());
+    let s = dt.stats();
+    assert_eq!((s.sent, s.dropped_rejected, s.pending), (2, 2, 0), "{s:?}");
+    assert_eq!(s.last_error_class, Some(ErrorClass::Forbidden), "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("42501"),
+        "{s:?}"
+    );
+    assert_eq!(events(&mut db, &mine_id).len(), 2);
+    let theirs = events(&mut db, &taken_id);
+    assert_eq!(theirs.len(), 1, "only the other agent's event: {theirs:?}");
 }

@@ -6,51 +6,86 @@ use crate::config::Config;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
+use dunetrace_client::tls::{describe_error, is_tls_error, PgConfig};
+use dunetrace_core::sqlstate::{self, ErrorClass};
 use serde_json::Value;
 use std::time::Duration;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-/// Why a database call did not succeed, already sorted by what the HTTP client should hear.
+/// Why a database call did not succeed, sorted by the table shared with the Rust client
+/// ([`dunetrace_core::sqlstate`]); the HTTP status follows from the class.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DbError {
-    /// The request itself was refused by the extension (bad key, wrong agent, invalid batch).
-    /// Carries the SQLSTATE and the extension's message, which never repeats content.
-    Rejected { sqlstate: String, message: String },
-    /// The database cannot be reached or is overloaded or restarting: retry later.
-    Unavailable(String),
-    /// Anything else (misconfiguration, a bug): logged, answered with a generic message.
-    Internal(String),
+pub struct DbError {
+    /// What the failure means (and so which status the HTTP client hears).
+    pub class: ErrorClass,
+    /// The SQLSTATE, when the server raised the error.
+    pub sqlstate: Option<String>,
+    /// The server's message (the extension's messages never repeat content), or a
+    /// description of the failure. Told to the HTTP client only for a refused request.
+    pub message: String,
 }
 
-impl std::fmt::Display for DbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DbError::Rejected { sqlstate, message } => write!(f, "{sqlstate}: {message}"),
-            DbError::Unavailable(m) | DbError::Internal(m) => f.write_str(m),
+impl DbError {
+    /// A failure of the given class without a SQLSTATE.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> DbError {
+        DbError {
+            class,
+            sqlstate: None,
+            message: message.into(),
+        }
+    }
+
+    /// The database cannot take the request now: retry later.
+    pub fn unavailable(message: impl Into<String>) -> DbError {
+        DbError::new(ErrorClass::Transient, message)
+    }
+
+    /// Anything unexpected (misconfiguration, a bug).
+    pub fn internal(message: impl Into<String>) -> DbError {
+        DbError::new(ErrorClass::Internal, message)
+    }
+
+    /// An error the server raised, classified by the shared table.
+    pub fn raised(sqlstate: &str, message: &str) -> DbError {
+        DbError {
+            class: sqlstate::classify_error(sqlstate, message),
+            sqlstate: Some(sqlstate.to_string()),
+            message: message.to_string(),
         }
     }
 }
 
-/// Builds the pool. Connections are made lazily, so this succeeds while the database is down.
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sqlstate {
+            Some(code) => write!(f, "{} ({code}): {}", self.class, self.message),
+            None => write!(f, "{}: {}", self.class, self.message),
+        }
+    }
+}
+
+/// Builds the pool from `DATABASE_URL` (libpq-style, with `sslmode` and `sslrootcert` for
+/// TLS; see [`PgConfig`]). Connections are made lazily, so this succeeds while the database
+/// is down; errors never repeat the URL.
 pub fn make_pool(cfg: &Config) -> Result<Pool, String> {
-    let mut pg: tokio_postgres::Config = cfg
-        .database_url
-        .parse()
-        .map_err(|e| format!("DATABASE_URL is not a valid connection string: {e}"))?;
-    if pg.get_application_name().is_none() {
-        pg.application_name("dunetrace-gateway");
+    let mut pg = PgConfig::parse(&cfg.database_url)
+        .map_err(|e| format!("DATABASE_URL cannot be used: {e}"))?;
+    let timeout = cfg.pool_timeout().max(Duration::from_secs(1));
+    let driver = pg.config_mut();
+    if driver.get_application_name().is_none() {
+        driver.application_name("dunetrace-gateway");
     }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(cfg.pool_timeout().max(Duration::from_secs(1)));
+    if driver.get_connect_timeout().is_none() {
+        driver.connect_timeout(timeout);
     }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let driver = pg.config().clone();
+    let manager = match pg.tls() {
+        Some(tls) => Manager::from_config(driver, tls.clone(), manager_config),
+        None => Manager::from_config(driver, NoTls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(cfg.pool_size as usize)
         .wait_timeout(Some(cfg.pool_timeout()))
@@ -61,47 +96,49 @@ pub fn make_pool(cfg: &Config) -> Result<Pool, String> {
         .map_err(|e| format!("could not build the connection pool: {e}"))
 }
 
-/// True for SQLSTATEs that mean "the server cannot serve this now, try again": connection
-/// exceptions (08), insufficient resources (53), operator intervention such as shutdown or a
-/// statement timeout (57), and serialization failures or deadlocks (40).
-fn transient(code: &str) -> bool {
-    ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c))
-}
-
-/// Sorts a driver error into what the client should be told.
+/// Sorts a driver error by the shared table. An error without a SQLSTATE (the connection
+/// failed, closed or timed out) is transient.
 pub fn classify(e: &tokio_postgres::Error) -> DbError {
     let Some(db) = e.as_db_error() else {
-        // No server error: the connection failed, closed, or timed out.
-        return DbError::Unavailable(format!("database connection failed: {e}"));
+        return DbError::unavailable(format!("database connection failed: {}", describe_error(e)));
     };
-    let code = db.code().code();
-    let message = db.message().to_string();
-    // Errors raised by the extension for the request itself. A 42501 raised by PostgreSQL
-    // (e.g. the gateway's role lacks EXECUTE on ingest) is a deployment problem, not the
-    // client's, and is told apart by the extension's "dunetrace." message prefix.
-    let from_extension = message.starts_with("dunetrace.");
-    match code {
-        "28000" => DbError::Rejected {
-            sqlstate: code.into(),
-            message,
-        },
-        "42501" if from_extension => DbError::Rejected {
-            sqlstate: code.into(),
-            message,
-        },
-        c if c.starts_with("22") => DbError::Rejected {
-            sqlstate: code.into(),
-            message,
-        },
-        c if transient(c) => DbError::Unavailable(format!("database unavailable ({c}): {message}")),
-        c if *db.code() == SqlState::UNDEFINED_FUNCTION
-            || *db.code() == SqlState::INVALID_SCHEMA_NAME =>
-        {
-            DbError::Unavailable(format!(
-                "the dunetrace extension is not installed in this database ({c}): {message}"
-            ))
+    classify_raised(db.code().code(), db.message())
+}
+
+/// [`classify`] for an error the server raised: the shared table, with a clearer message when
+/// the extension is missing (3F000, 42883: transient, since installing it fixes the call).
+pub fn classify_raised(sqlstate: &str, message: &str) -> DbError {
+    let mut err = DbError::raised(sqlstate, message);
+    if matches!(sqlstate, "3F000" | "42883") {
+        err.message = format!(
+            "the dunetrace extension is not installed in this database: {}",
+            err.message
+        );
+    }
+    err
+}
+
+/// Sorts an error from opening a connection. The request is not at fault whatever the server
+/// said (a refused login is the gateway's own role or password): transient failures are
+/// answered 503, anything else (wrong password, no such database, a certificate that fails
+/// verification) is a misconfiguration, 500.
+fn classify_connect(e: &tokio_postgres::Error) -> DbError {
+    let what = format!("could not connect to the database: {}", describe_error(e));
+    match e.as_db_error() {
+        Some(db) => {
+            let class = match sqlstate::classify(db.code().code()) {
+                ErrorClass::Transient => ErrorClass::Transient,
+                _ => ErrorClass::Internal,
+            };
+            DbError {
+                class,
+                sqlstate: Some(db.code().code().to_string()),
+                message: what,
+            }
         }
-        c => DbError::Internal(format!("database error {c}: {message}")),
+        // TLS failures are configuration problems; the others (refused, timed out) transient.
+        None if is_tls_error(e) => DbError::internal(what),
+        None => DbError::unavailable(what),
     }
 }
 
@@ -109,11 +146,11 @@ pub fn classify(e: &tokio_postgres::Error) -> DbError {
 pub fn classify_pool(e: &PoolError) -> DbError {
     match e {
         PoolError::Timeout(_) => {
-            DbError::Unavailable("no database connection became available in time".into())
+            DbError::unavailable("no database connection became available in time")
         }
-        PoolError::Backend(e) => classify(e),
-        PoolError::Closed => DbError::Unavailable("the connection pool is closed".into()),
-        other => DbError::Internal(format!("connection pool error: {other}")),
+        PoolError::Backend(e) => classify_connect(e),
+        PoolError::Closed => DbError::unavailable("the connection pool is closed"),
+        other => DbError::internal(format!("connection pool error: {other}")),
     }
 }
 
@@ -198,14 +235,14 @@ pub async fn ingest(pool: &Pool, api_key: &str, events_json: &str) -> Result<Ing
     )
     .await?;
     let v: Value = serde_json::from_str(&text)
-        .map_err(|e| DbError::Internal(format!("unexpected answer from dunetrace.ingest: {e}")))?;
+        .map_err(|e| DbError::internal(format!("unexpected answer from dunetrace.ingest: {e}")))?;
     match (v["accepted"].as_u64(), v["batch_id"].as_str()) {
         (Some(accepted), Some(batch_id)) => Ok(Ingested {
             accepted,
             batch_id: batch_id.to_string(),
         }),
-        _ => Err(DbError::Internal(
-            "unexpected answer from dunetrace.ingest: no accepted/batch_id".into(),
+        _ => Err(DbError::internal(
+            "unexpected answer from dunetrace.ingest: no accepted/batch_id",
         )),
     }
 }
@@ -244,7 +281,7 @@ pub async fn record_deploy(
     .await?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| DbError::Internal(format!("unexpected answer from record_deploy: {e}")))
+        .map_err(|e| DbError::internal(format!("unexpected answer from record_deploy: {e}")))
 }
 
 /// What `/health` reports about the database.
@@ -277,14 +314,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transient_classes() {
+    fn server_errors_follow_the_shared_table() {
         for c in [
             "08006", "08001", "53300", "57P01", "57P03", "57014", "40001", "40P01",
         ] {
-            assert!(transient(c), "{c}");
+            assert_eq!(DbError::raised(c, "x").class, ErrorClass::Transient, "{c}");
         }
-        for c in ["22023", "28000", "42501", "XX000", "42883"] {
-            assert!(!transient(c), "{c}");
+        let cases = [
+            (
+                "28000",
+                "dunetrace.ingest: invalid API key",
+                ErrorClass::Auth,
+            ),
+            (
+                "42501",
+                "dunetrace.ingest: batch rejected",
+                ErrorClass::Forbidden,
+            ),
+            (
+                "42501",
+                "permission denied for function ingest",
+                ErrorClass::Internal,
+            ),
+            (
+                "22023",
+                "dunetrace.ingest: batch rejected",
+                ErrorClass::Invalid,
+            ),
+            ("22P02", "dunetrace.ingest: wrong type", ErrorClass::Invalid),
+            (
+                "54000",
+                "dunetrace.ingest: run would hold",
+                ErrorClass::TooLarge,
+            ),
+            ("38000", "apply_fix: Langfuse failed", ErrorClass::External),
+            (
+                "XX000",
+                "dunetrace.ingest: could not store",
+                ErrorClass::Internal,
+            ),
+            (
+                "42883",
+                "function dunetrace.ingest does not exist",
+                ErrorClass::Transient,
+            ),
+        ];
+        for (code, message, class) in cases {
+            let e = DbError::raised(code, message);
+            assert_eq!(e.class, class, "{code}");
+            assert_eq!(e.sqlstate.as_deref(), Some(code));
         }
     }
 
@@ -299,5 +377,19 @@ mod tests {
         let err = make_pool(&cfg).unwrap_err();
         assert!(err.contains("DATABASE_URL"), "{err}");
         assert!(!err.contains("not a url"), "must not echo the URL: {err}");
+
+        for url in [
+            "postgres://u:hunter2@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt",
+            "host=db password=hunter2 sslmode=verify-everything",
+        ] {
+            let cfg =
+                <Config as clap::Parser>::try_parse_from(["gw", "--database-url", url]).unwrap();
+            let err = make_pool(&cfg).unwrap_err();
+            assert!(err.contains("DATABASE_URL"), "{err}");
+            assert!(
+                !err.contains("hunter2"),
+                "must not echo the password: {err}"
+            );
+        }
     }
 }

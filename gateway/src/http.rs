@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
+use dunetrace_core::sqlstate::ErrorClass;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -52,67 +53,81 @@ pub const HASHED_ONLY_HINT: &str = "this server accepts hashed events only: prom
      SDK 0.3.x does this); raw text is never accepted";
 
 /// An answer other than success. Its body is `{"detail": …}` (as the original's FastAPI
-/// server answered), plus the SQLSTATE when the database refused the request.
+/// server answered), plus the SQLSTATE when the database refused the request. The status comes
+/// from the error's class, in the table shared with the Rust client
+/// ([`dunetrace_core::sqlstate`]): 401 Auth, 403 Forbidden, 422 Invalid, 413 TooLarge,
+/// 503 Transient (with `Retry-After`), 502 External, 500 Internal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiError {
-    /// 401: missing, malformed, unknown or revoked API key.
-    Unauthorized(String, Option<String>),
-    /// 403: the key may not write an event's agent.
-    Forbidden(String, Option<String>),
-    /// 422: the request or a value in it breaks a rule; nothing was stored.
-    Invalid(String, Option<String>),
-    /// 413: the body is larger than the configured limit.
-    TooLarge(usize),
-    /// 503 with Retry-After: the database cannot take the request now.
-    Unavailable(String),
-    /// 500: logged in full, answered without details.
-    Internal(String),
+pub struct ApiError {
+    class: ErrorClass,
+    /// Told to the client when the request is at fault; otherwise a generic text is.
+    detail: String,
+    sqlstate: Option<String>,
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Unauthorized(..) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(..) => StatusCode::FORBIDDEN,
-            ApiError::Invalid(..) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    /// The request is refused by the gateway itself (`class` says why); nothing was stored.
+    pub fn refused(class: ErrorClass, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            class,
+            detail: detail.into(),
+            sqlstate: None,
         }
+    }
+
+    /// 401: missing, malformed, unknown or revoked API key.
+    pub fn unauthorized(detail: impl Into<String>) -> ApiError {
+        ApiError::refused(ErrorClass::Auth, detail)
+    }
+
+    /// 422: the request or a value in it breaks a rule.
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        ApiError::refused(ErrorClass::Invalid, detail)
+    }
+
+    /// 413: the body is larger than `limit` bytes.
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError::refused(
+            ErrorClass::TooLarge,
+            format!(
+                "request body too large: at most {limit} bytes are accepted; send smaller \
+                 batches (nothing was stored)"
+            ),
+        )
+    }
+
+    /// The error's class in the shared table.
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// Whether the answer carries `Retry-After` (the same request may succeed later).
+    pub fn retry_after(&self) -> bool {
+        self.class.retryable()
     }
 
     /// The metrics label for events in a request refused this way.
     pub fn reason(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized(..) => "unauthorized",
-            ApiError::Forbidden(..) => "forbidden",
-            ApiError::Invalid(..) => "invalid",
-            ApiError::TooLarge(_) => "too_large",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
+        reason(self.class)
     }
 
     /// The body sent to the client.
     pub fn body(&self) -> Value {
-        let (detail, sqlstate) = match self {
-            ApiError::Unauthorized(m, s) | ApiError::Forbidden(m, s) | ApiError::Invalid(m, s) => {
-                (m.clone(), s.clone())
-            }
-            ApiError::TooLarge(limit) => (
-                format!(
-                    "request body too large: at most {limit} bytes are accepted; send smaller \
-                     batches (nothing was stored)"
-                ),
-                None,
-            ),
-            ApiError::Unavailable(_) => (
-                "the database is unavailable; nothing was stored, retry later".to_string(),
-                None,
-            ),
-            ApiError::Internal(_) => ("internal error; nothing was stored".to_string(), None),
+        let detail = match self.class {
+            c if c.refuses_request() => self.detail.as_str(),
+            ErrorClass::Transient => "the database is unavailable; nothing was stored, retry later",
+            ErrorClass::External => "a service the database relies on failed; nothing was stored",
+            _ => "internal error; nothing was stored",
         };
-        match sqlstate {
+        match self
+            .sqlstate
+            .as_ref()
+            .filter(|_| self.class.refuses_request())
+        {
             Some(s) => json!({"detail": detail, "sqlstate": s}),
             None => json!({"detail": detail}),
         }
@@ -120,40 +135,42 @@ impl ApiError {
 
     /// What goes into the log (may be more than the client hears).
     pub fn log_message(&self) -> String {
-        match self {
-            ApiError::Unavailable(m) | ApiError::Internal(m) => m.clone(),
-            _ => self.body()["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+        match &self.sqlstate {
+            Some(s) if !self.class.refuses_request() => format!("{s}: {}", self.detail),
+            _ => self.detail.clone(),
         }
+    }
+}
+
+/// The metrics label of a class (`reason` of `dunetrace_gateway_events_rejected_total`).
+pub fn reason(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Auth => "unauthorized",
+        ErrorClass::Forbidden => "forbidden",
+        ErrorClass::Invalid => "invalid",
+        ErrorClass::TooLarge => "too_large",
+        ErrorClass::Transient => "unavailable",
+        ErrorClass::External => "external",
+        ErrorClass::Internal => "internal",
     }
 }
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        match e {
-            DbError::Rejected { sqlstate, message } => {
-                let s = Some(sqlstate.clone());
-                match sqlstate.as_str() {
-                    "28000" => ApiError::Unauthorized(message, s),
-                    "42501" => ApiError::Forbidden(message, s),
-                    _ => {
-                        let refuses_content = message.starts_with("dunetrace.ingest:")
-                            && ["unknown key", "raw content", "free text"]
-                                .iter()
-                                .any(|m| message.contains(m));
-                        let message = if refuses_content {
-                            format!("{message}; {HASHED_ONLY_HINT}")
-                        } else {
-                            message
-                        };
-                        ApiError::Invalid(message, s)
-                    }
-                }
-            }
-            DbError::Unavailable(m) => ApiError::Unavailable(m),
-            DbError::Internal(m) => ApiError::Internal(m),
+        let refuses_content = e.class == ErrorClass::Invalid
+            && e.message.starts_with("dunetrace.ingest:")
+            && ["unknown key", "raw content", "free text"]
+                .iter()
+                .any(|m| e.message.contains(m));
+        let detail = if refuses_content {
+            format!("{}; {HASHED_ONLY_HINT}", e.message)
+        } else {
+            e.message
+        };
+        ApiError {
+            class: e.class,
+            detail,
+            sqlstate: e.sqlstate,
         }
     }
 }
@@ -174,7 +191,7 @@ fn error_response(state: &AppState, e: ApiError, mut info: RequestInfo) -> Respo
     }
     info.error = Some((e.reason(), e.log_message()));
     let mut resp = (e.status(), Json(e.body())).into_response();
-    if let ApiError::Unavailable(_) = e {
+    if e.retry_after() {
         resp.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(state.retry_after_secs),
@@ -189,7 +206,7 @@ fn error_response(state: &AppState, e: ApiError, mut info: RequestInfo) -> Respo
 /// The top-level fields of a JSON object body, values kept as raw JSON text.
 fn parse_object(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::Invalid("request body is empty".into(), None));
+        return Err(ApiError::invalid("request body is empty"));
     }
     serde_json::from_slice::<BTreeMap<String, &RawValue>>(body).map_err(|e| {
         let what = if e.is_data() {
@@ -198,10 +215,7 @@ fn parse_object(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, ApiError> {
             "request body is not valid JSON"
         };
         // serde_json's position only; never the text around it.
-        ApiError::Invalid(
-            format!("{what} (line {}, column {})", e.line(), e.column()),
-            None,
-        )
+        ApiError::invalid(format!("{what} (line {}, column {})", e.line(), e.column()))
     })
 }
 
@@ -212,7 +226,7 @@ fn opt_string(obj: &BTreeMap<String, &RawValue>, key: &str) -> Result<Option<Str
         Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
             Ok(Value::Null) => Ok(None),
             Ok(Value::String(s)) => Ok(Some(s)),
-            _ => Err(ApiError::Invalid(format!("{key} must be a string"), None)),
+            _ => Err(ApiError::invalid(format!("{key} must be a string"))),
         },
     }
 }
@@ -230,9 +244,8 @@ fn resolve_key(body_key: Option<String>, headers: &HeaderMap) -> Result<String, 
     let body_key = body_key.filter(|k| !k.is_empty());
     let header_key = header_key(headers).filter(|k| !k.is_empty());
     match (body_key, header_key) {
-        (Some(b), Some(h)) if b != h => Err(ApiError::Unauthorized(
-            "the api_key in the body and the key in the Authorization header differ".into(),
-            None,
+        (Some(b), Some(h)) if b != h => Err(ApiError::unauthorized(
+            "the api_key in the body and the key in the Authorization header differ",
         )),
         (Some(k), _) | (None, Some(k)) => Ok(k),
         (None, None) => Ok(String::new()),
@@ -261,9 +274,9 @@ fn count_events(raw: &RawValue) -> Option<u64> {
 fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
+            ApiError::body_too_large(limit)
         } else {
-            ApiError::Invalid(format!("could not read the request body: {rej}"), None)
+            ApiError::invalid(format!("could not read the request body: {rej}"))
         }
     })
 }
@@ -297,10 +310,8 @@ async fn ingest(
         let body = body_or_error(body, limit)?;
         let obj = parse_object(&body)?;
         let events = *obj.get("events").ok_or_else(|| {
-            ApiError::Invalid(
-                "events is required: send {\"api_key\": …, \"agent_id\": …, \"events\": [...]}"
-                    .into(),
-                None,
+            ApiError::invalid(
+                "events is required: send {\"api_key\": …, \"agent_id\": …, \"events\": [...]}",
             )
         })?;
         info.events = count_events(events);
@@ -695,12 +706,7 @@ mod tests {
 
     #[test]
     fn database_refusals_map_to_statuses() {
-        let rej = |s: &str, m: &str| {
-            ApiError::from(DbError::Rejected {
-                sqlstate: s.into(),
-                message: m.into(),
-            })
-        };
+        let rej = |s: &str, m: &str| ApiError::from(DbError::raised(s, m));
         assert_eq!(
             rej("28000", "dunetrace.ingest: invalid API key").status(),
             StatusCode::UNAUTHORIZED
@@ -730,13 +736,67 @@ mod tests {
             rej("22P02", "dunetrace.ingest: wrong type").status(),
             StatusCode::UNPROCESSABLE_ENTITY
         );
-        let e = ApiError::from(DbError::Internal(
-            "database error XX000: secret detail".into(),
-        ));
+        let e = ApiError::from(DbError::internal("database error XX000: secret detail"));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.body().to_string().contains("secret"));
-        let e = ApiError::from(DbError::Unavailable("08006 connection lost".into()));
+        let e = rej(
+            "XX000",
+            "dunetrace.ingest: could not store the batch: secret detail",
+        );
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.body().to_string().contains("secret"));
+        assert!(!e.body().to_string().contains("XX000"));
+        assert!(e.log_message().contains("XX000") && e.log_message().contains("secret"));
+        assert!(!e.retry_after());
+        let e = ApiError::from(DbError::unavailable("08006 connection lost"));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.body().to_string().contains("08006"));
+        assert!(e.retry_after());
+        let e = rej(
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.retry_after());
+        assert_eq!(e.reason(), "unavailable");
+
+        // A run past dunetrace.max_events_per_run: 413 with the extension's message.
+        let e = rej(
+            "54000",
+            "dunetrace.ingest: batch rejected, nothing stored: event 0: its run would hold \
+             10001 events, more than dunetrace.max_events_per_run (10000)",
+        );
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.body()["sqlstate"], "54000");
+        assert!(e.body()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_events_per_run"));
+        assert_eq!(e.reason(), "too_large");
+        // An external service: 502, no details.
+        let e = rej("38000", "apply_fix: Langfuse prompt fetch failed: HTTP 500");
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(!e.body().to_string().contains("Langfuse"));
+        assert_eq!(e.reason(), "external");
+        // PostgreSQL (not the extension) refusing the gateway's role: a deployment problem.
+        let e = rej("42501", "permission denied for function ingest");
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.body().to_string().contains("permission"));
+        // The extension missing: 503, retry later.
+        let e = ApiError::from(db::classify_raised("42883", "function does not exist"));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn every_class_has_its_status_from_the_shared_table() {
+        for class in ErrorClass::ALL {
+            let e = ApiError::from(DbError::new(class, "m"));
+            assert_eq!(e.status().as_u16(), class.http_status(), "{class}");
+            assert_eq!(e.retry_after(), class.retryable(), "{class}");
+            assert!(
+                crate::metrics::REJECTION_REASONS.contains(&e.reason()),
+                "{class}"
+            );
+        }
     }
 }

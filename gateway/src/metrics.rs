@@ -5,6 +5,17 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Every `reason` label of `dunetrace_gateway_events_rejected_total`, one per error class.
+pub const REJECTION_REASONS: [&str; 7] = [
+    "unauthorized",
+    "forbidden",
+    "invalid",
+    "too_large",
+    "unavailable",
+    "external",
+    "internal",
+];
+
 /// Upper bounds (seconds) of the request latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -77,8 +88,7 @@ impl Metrics {
         self.with(|m| m.events_accepted += n);
     }
 
-    /// Events in a refused request, by reason (`unauthorized`, `forbidden`, `invalid`,
-    /// `too_large`, `unavailable`, `internal`).
+    /// Events in a refused request, by reason (one of [`REJECTION_REASONS`]).
     pub fn events_rejected(&self, reason: &'static str, n: u64) {
         self.with(|m| *m.events_rejected.entry(reason).or_default() += n);
     }
@@ -163,14 +173,7 @@ impl Metrics {
             "counter",
             "Events in requests that were refused (nothing of them stored), by reason.",
         );
-        for reason in [
-            "unauthorized",
-            "forbidden",
-            "invalid",
-            "too_large",
-            "unavailable",
-            "internal",
-        ] {
+        for reason in REJECTION_REASONS {
             let n = rejected.get(reason).copied().unwrap_or(0);
             let _ = writeln!(
                 o,

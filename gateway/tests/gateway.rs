@@ -609,3 +609,36 @@ fn sigterm_lets_in_flight_requests_finish() {
         .iter()
         .any(|l| l.contains("all requests finished")));
 }
+
+#[test]
+#[ignore = "needs a cluster: scripts/test.sh runs it"]
+fn a_run_past_the_event_cap_is_413_with_the_extensions_message() {
+    let mut db = db();
+    let agent = unique("gw-cap");
+    let key = new_key(&mut db, &agent);
+    // The test role is a superuser, so its sessions may lower the cap.
+    let database_url = format!("{} options='-c dunetrace.max_events_per_run=3'", dsn());
+    let gw = Gateway::start_with_db(&database_url, &[]);
+    let run = unique("run");
+    let events: Vec<Value> = (0..4)
+        .map(|i| event("llm.called", &run, &agent, i + 1, json!({"model": "m"})))
+        .collect();
+    let (status, headers, v) = post(&gw.url("/v1/ingest"), &batch(&key, &agent, &events), &[]);
+    assert_eq!(status, 413, "{v}");
+    assert!(headers.get("retry-after").is_none(), "not worth retrying");
+    assert_eq!(v["sqlstate"], "54000");
+    assert!(detail(&v).contains("max_events_per_run"), "{v}");
+    assert_eq!(stored_events(&mut db, &run), 0);
+    assert_eq!(
+        gw.metric("dunetrace_gateway_events_rejected_total{reason=\"too_large\"}"),
+        4.0
+    );
+    // Within the cap, the same run is accepted.
+    let (status, _, v) = post(
+        &gw.url("/v1/ingest"),
+        &batch(&key, &agent, &events[..3]),
+        &[],
+    );
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(stored_events(&mut db, &run), 3);
+}

@@ -301,4 +301,44 @@ mod tests {
         ingest(&k, &looping_run("healthy-3", "agent-p", 5, true));
         assert_eq!(process(), 1);
     }
+
+    #[pg_test]
+    fn errors_echo_no_content_and_no_key() {
+        let k = key("agent-a");
+        let long_key = format!("my secret prompt: {}\n\"quoted\"", "x".repeat(10_000));
+        let mut payload = serde_json::Map::new();
+        payload.insert(long_key.clone(), json!("The capital of France is Paris"));
+        let batch = json!([ev(
+            "run-e",
+            "agent-a",
+            "run.started",
+            0,
+            1000.0,
+            serde_json::Value::Object(payload)
+        )]);
+        let got = try_sql(
+            &format!(
+                "SELECT dunetrace.ingest({}, {}::jsonb)",
+                pgrx::spi::quote_literal(&k),
+                pgrx::spi::quote_literal(batch.to_string())
+            ),
+            None,
+        );
+        assert!(got.starts_with("22023"), "{got}");
+        assert!(got.len() < 400, "{} characters: {got}", got.len());
+        for raw in ["my secret prompt", "Paris", "\"quoted\"", "\n"] {
+            assert!(!got.contains(raw), "{raw:?} echoed: {got}");
+        }
+        // A wrong key is never repeated.
+        let wrong = format!("dt_{}", "Q".repeat(43));
+        let got = try_sql(
+            &format!(
+                "SELECT dunetrace.ingest({}, '[]'::jsonb)",
+                pgrx::spi::quote_literal(&wrong)
+            ),
+            None,
+        );
+        assert!(got.starts_with("28000") && !got.contains("QQQQ"), "{got}");
+        assert_eq!(count("SELECT count(*) FROM dunetrace.events"), 0);
+    }
 }

@@ -310,8 +310,8 @@ fn the_worker_sends_the_scheduled_digest_once_by_itself() {
         .expect("clean up digest_log");
 }
 
-/// upstream-behaviour §7: "Slack failure after retries: no log row, so it retries on the next
-/// poll within the same hour." A digest whose every attempt failed must not use up the week.
+/// A digest none of whose deliveries got through leaves no mark for the week: it is tried again
+/// at the next poll within the same hour, so a failed Slack send does not use up the week.
 #[test]
 #[ignore = "needs a cluster: scripts/test.sh runs it"]
 fn a_digest_that_could_not_be_delivered_is_sent_again_within_the_window() {
