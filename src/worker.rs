@@ -146,7 +146,10 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(withdraw_on_exit), pg_sys::Datum::from(0)) };
     pgrx::log!(
         "dunetrace worker started in database \"{db}\" as {}",
-        role.as_deref().map_or("the bootstrap superuser".to_string(), |r| format!("role \"{r}\""))
+        role.as_deref()
+            .map_or("the bootstrap superuser".to_string(), |r| format!(
+                "role \"{r}\""
+            ))
     );
     let mut wait = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(wait)) {

@@ -133,7 +133,16 @@ pub fn pg_tool(tool: &str, db: &str, args: &[&str]) -> String {
     };
     let bin = format!("/usr/lib/postgresql/15/bin/{tool}");
     let out = std::process::Command::new(&bin)
-        .args(["-h", &get("host="), "-p", &get("port="), "-U", "postgres", "-d", db])
+        .args([
+            "-h",
+            &get("host="),
+            "-p",
+            &get("port="),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {bin}: {e}"));

@@ -11,7 +11,13 @@ fn dump_and_restore_keep_every_row_and_the_worker_resumes() {
     let mut c = connect_ready();
     reset_destinations(&mut c);
     let hook = Receiver::ok();
-    add_destination(&mut c, "webhook", &hook.url("/backup"), Some("whsec_c2VjcmV0"), None);
+    add_destination(
+        &mut c,
+        "webhook",
+        &hook.url("/backup"),
+        Some("whsec_c2VjcmV0"),
+        None,
+    );
     let agent = Agent::new(&mut c, "e2e-backup");
     c.batch_execute(&format!(
         "SELECT dunetrace.configure_detector('{}', 'tool_loop', '{{\"threshold\": 4}}');
@@ -66,7 +72,10 @@ fn dump_and_restore_keep_every_row_and_the_worker_resumes() {
         .batch_execute("SELECT dunetrace.process_runs()")
         .expect("process in the restored database");
     let (new_signal, _) = max_ids(&mut restored);
-    assert!(new_signal > max_signal, "signal ids continue after {max_signal}");
+    assert!(
+        new_signal > max_signal,
+        "signal ids continue after {max_signal}"
+    );
     restored
         .execute("SELECT dunetrace.create_api_key('after-restore')", &[])
         .expect("a new key");

@@ -33,7 +33,10 @@ fn redirects_are_recorded_as_failures_and_never_followed() {
             .is_some_and(|e| e.contains("redirects are not followed")),
         "{d:?}"
     );
-    assert!(hook.requests().len() >= 2, "every attempt reached the destination");
+    assert!(
+        hook.requests().len() >= 2,
+        "every attempt reached the destination"
+    );
     assert!(
         elsewhere.requests().is_empty(),
         "the redirect target got {:?}",

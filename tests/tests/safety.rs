@@ -91,7 +91,13 @@ fn functions_planted_in_public_are_never_called_by_the_worker() {
     let mut c = connect_ready();
     reset_destinations(&mut c);
     let hook = Receiver::ok();
-    add_destination(&mut c, "webhook", &hook.url("/planted"), Some("s3cret"), None);
+    add_destination(
+        &mut c,
+        "webhook",
+        &hook.url("/planted"),
+        Some("s3cret"),
+        None,
+    );
     drop_planter(&mut c);
     // A role that may only create objects in schema public.
     c.batch_execute(
@@ -116,7 +122,10 @@ fn functions_planted_in_public_are_never_called_by_the_worker() {
         .query_one("SELECT count(*) FROM public.dt_calls", &[])
         .expect("count calls")
         .get(0);
-    assert!(trapped >= 1, "the planted unnest is reachable from a default search_path");
+    assert!(
+        trapped >= 1,
+        "the planted unnest is reachable from a default search_path"
+    );
     c.batch_execute("ALTER ROLE dt_planter NOSUPERUSER; TRUNCATE public.dt_calls")
         .expect("reset the trap");
 
@@ -130,7 +139,12 @@ fn functions_planted_in_public_are_never_called_by_the_worker() {
     let agent = Agent::new(&mut c, "e2e-planted");
     let looping = agent.loop_run(&mut c);
     let clean = agent.clean_run(&mut c);
-    wait_signal(&mut c, &looping.run_id, "TOOL_LOOP", Duration::from_secs(20));
+    wait_signal(
+        &mut c,
+        &looping.run_id,
+        "TOOL_LOOP",
+        Duration::from_secs(20),
+    );
     wait_processed(&mut c, &clean.run_id, Duration::from_secs(20));
     hook.wait_for_containing(&looping.run_id, 1, Duration::from_secs(20));
     // The SQL entry points too (SECURITY DEFINER, pinned search_path).
@@ -194,10 +208,7 @@ fn functions_planted_in_public_are_never_called_by_the_worker() {
     drop(planter);
     drop_planter(&mut c);
     reset_destinations(&mut c);
-    assert!(
-        calls.is_empty(),
-        "planted functions were called: {calls:?}"
-    );
+    assert!(calls.is_empty(), "planted functions were called: {calls:?}");
     assert!(!superuser, "the planter became a superuser");
 }
 
@@ -233,9 +244,11 @@ fn sigterm_stops_the_worker_within_two_seconds_during_a_large_backlog() {
         .get(0)
     };
     // The worker is busy with it (it polls every second in the test cluster).
-    wait_until(Duration::from_secs(20), "the worker to start on the backlog", || {
-        (processed(&mut c) > 0).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the worker to start on the backlog",
+        || (processed(&mut c) > 0).then_some(()),
+    );
     let pid = worker_pid(&mut c).expect("the worker runs");
     let sent = Instant::now();
     c.execute("SELECT pg_terminate_backend($1)", &[&pid])

@@ -92,17 +92,21 @@ fn recreate(admin: &mut Client, db: &str) {
 
 /// A finished run that loops a tool (TOOL_LOOP) for `agent`.
 fn looping(agent: &str, run: &str) -> serde_json::Value {
-    let mut events = vec![json!({"event_type": "run.started", "run_id": run, "agent_id": agent,
+    let mut events = vec![
+        json!({"event_type": "run.started", "run_id": run, "agent_id": agent,
                                  "agent_version": "v1", "step_index": 0, "timestamp": 1000.0,
-                                 "payload": {"tools": ["search"]}})];
+                                 "payload": {"tools": ["search"]}}),
+    ];
     for i in 1..=5 {
         events.push(json!({"event_type": "tool.called", "run_id": run, "agent_id": agent,
                            "agent_version": "v1", "step_index": i, "timestamp": 1000.0 + f64::from(i),
                            "payload": {"tool_name": "search", "args_hash": LOOP_ARGS_HASH}}));
     }
-    events.push(json!({"event_type": "run.completed", "run_id": run, "agent_id": agent,
+    events.push(
+        json!({"event_type": "run.completed", "run_id": run, "agent_id": agent,
                        "agent_version": "v1", "step_index": 5, "timestamp": 1010.0,
-                       "payload": {"exit_reason": "completed"}}));
+                       "payload": {"exit_reason": "completed"}}),
+    );
     json!(events)
 }
 
@@ -138,7 +142,11 @@ fn upgrade_from_0_1_0_keeps_the_data_and_equals_a_fresh_install() {
     )
     .expect("settings and destinations");
     for i in 0..3 {
-        ingest(&mut old, &key, &looping("upgrade-bot", &format!("old-run-{i}")));
+        ingest(
+            &mut old,
+            &key,
+            &looping("upgrade-bot", &format!("old-run-{i}")),
+        );
     }
     let processed: i32 = old
         .query_one("SELECT dunetrace.process_runs()", &[])

@@ -99,13 +99,22 @@ fn the_worker_runs_without_superuser_as_dunetrace_worker_role() {
         )
         .expect("the worker's role");
     assert_eq!(row.get::<_, String>(0), "dt_worker_login");
-    assert!(!row.get::<_, bool>(1), "the worker's role is not a superuser");
+    assert!(
+        !row.get::<_, bool>(1),
+        "the worker's role is not a superuser"
+    );
 
     // Everything the worker does still works: processing, issues, alerts with a retry, the
     // digest check.
     reset_destinations(&mut c);
     let hook = Receiver::statuses(&[500, 200]);
-    let dest = add_destination(&mut c, "webhook", &hook.url("/as-role"), Some("s3cret"), None);
+    let dest = add_destination(
+        &mut c,
+        "webhook",
+        &hook.url("/as-role"),
+        Some("s3cret"),
+        None,
+    );
     let agent = Agent::new(&mut c, "e2e-worker-role");
     let run = agent.loop_run(&mut c);
     let signal = wait_signal(&mut c, &run.run_id, "TOOL_LOOP", Duration::from_secs(20));
