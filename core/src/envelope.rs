@@ -39,29 +39,30 @@ trait FromMap: Sized {
 
 impl FromMap for Payload {
     fn from_map<'de, A: MapAccess<'de>>(mut access: A) -> Result<Self, A::Error> {
-        let mut p = Payload::new();
-        while let Some((k, v)) = access.next_entry::<String, Value>()? {
-            p.insert(k, v);
+        let mut entries = Vec::new();
+        while let Some(entry) = access.next_entry::<String, Value>()? {
+            entries.push(entry);
         }
-        Ok(p)
+        Ok(Payload::from_entries(entries))
     }
 }
 
 impl FromMap for Envelope {
     fn from_map<'de, A: MapAccess<'de>>(mut access: A) -> Result<Self, A::Error> {
-        let mut e = Envelope {
-            fields: Payload::new(),
-            payload: None,
-        };
+        let mut fields = Vec::new();
+        let mut payload = None;
         while let Some(k) = access.next_key::<String>()? {
             if k == "payload" {
-                e.payload = Some(access.next_value::<Node<Payload>>()?);
+                payload = Some(access.next_value::<Node<Payload>>()?);
             } else {
                 let v = access.next_value::<Value>()?;
-                e.fields.insert(k, v);
+                fields.push((k, v));
             }
         }
-        Ok(e)
+        Ok(Envelope {
+            fields: Payload::from_entries(fields),
+            payload,
+        })
     }
 }
 

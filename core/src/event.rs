@@ -100,6 +100,38 @@ impl Payload {
         }
     }
 
+    /// A payload of `entries`, in order, each repeated key keeping its first position and its
+    /// last value (what [`Payload::insert`] gives one entry at a time). Linear in the number of
+    /// entries: an object of 100,000 keys, which validation then refuses, must not cost
+    /// 100,000² comparisons to read first.
+    pub fn from_entries(entries: Vec<(String, Value)>) -> Payload {
+        if entries.len() <= 16 {
+            let mut p = Payload(Vec::with_capacity(entries.len()));
+            for (k, v) in entries {
+                p.insert(k, v);
+            }
+            return p;
+        }
+        // For each key's first entry, the index of its last one (usize::MAX: not a first entry).
+        let mut last = vec![usize::MAX; entries.len()];
+        {
+            let mut first: std::collections::HashMap<&str, usize> =
+                std::collections::HashMap::with_capacity(entries.len());
+            for (i, (k, _)) in entries.iter().enumerate() {
+                let f = *first.entry(k.as_str()).or_insert(i);
+                last[f] = i;
+            }
+        }
+        let (keys, mut values): (Vec<String>, Vec<Value>) = entries.into_iter().unzip();
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, l) in keys.into_iter().zip(last) {
+            if l != usize::MAX {
+                out.push((k, std::mem::take(&mut values[l])));
+            }
+        }
+        Payload(out)
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -139,11 +171,11 @@ impl<'de> Deserialize<'de> for Payload {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Payload, A::Error> {
-                let mut p = Payload(Vec::with_capacity(access.size_hint().unwrap_or(8)));
-                while let Some((k, v)) = access.next_entry::<String, Value>()? {
-                    p.insert(k, v);
+                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(8).min(64));
+                while let Some(entry) = access.next_entry::<String, Value>()? {
+                    entries.push(entry);
                 }
-                Ok(p)
+                Ok(Payload::from_entries(entries))
             }
         }
         deserializer.deserialize_map(PayloadVisitor)
@@ -198,5 +230,40 @@ pub(crate) fn test_event(t: EventType, step: i32, ts: f64, payload: Value) -> Ev
         timestamp: ts,
         payload: payload.as_object().cloned().unwrap_or_default().into(),
         parent_run_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn from_entries_is_insert_one_at_a_time() {
+        for n in [0usize, 1, 5, 16, 17, 40, 300] {
+            for modulus in [1usize, 3, 7, 1000] {
+                let entries: Vec<(String, Value)> = (0..n)
+                    .map(|i| (format!("k{}", (i * 7919) % modulus.min(n.max(1))), json!(i)))
+                    .collect();
+                let mut one_by_one = Payload::new();
+                for (k, v) in entries.clone() {
+                    one_by_one.insert(k, v);
+                }
+                assert_eq!(Payload::from_entries(entries), one_by_one, "{n} {modulus}");
+            }
+        }
+    }
+
+    /// Regression: a 100,000-key object took 100,000²/2 key comparisons to read (seconds of
+    /// CPU per request in release builds, minutes for a few megabytes).
+    #[test]
+    fn reading_many_keys_is_linear() {
+        let keys: Vec<String> = (0..100_000).map(|i| format!("\"k{i}\":{i}")).collect();
+        let text = format!("{{{}}}", keys.join(","));
+        let start = std::time::Instant::now();
+        let p: Payload = serde_json::from_str(&text).unwrap();
+        assert_eq!(p.len(), 100_000);
+        assert_eq!(p.get("k99999"), Some(&json!(99999)));
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
     }
 }

@@ -34,13 +34,15 @@ const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
 const JENTRY_ISNULL: u32 = 0x4000_0000;
 const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
 
-/// As deep as serde_json nests (its recursion limit), so both paths refuse the same inputs.
+/// serde_json's recursion limit: it reads at most 127 nested arrays and objects (the 128th is
+/// refused), so both paths refuse the same inputs. Depths count containers from the root
+/// (the root container is at depth 1).
 const MAX_DEPTH: usize = 128;
 
 /// Why a value could not be read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {
-    /// Nested deeper than [`MAX_DEPTH`].
+    /// Nested [`MAX_DEPTH`] or more containers deep.
     TooDeep,
     /// A number that is not a finite f64 or an integer serde can hold.
     Number,
@@ -189,7 +191,7 @@ fn entries<'a>(c: &Container<'a>) -> Res<Vec<(&'a str, Elem<'a>)>> {
 }
 
 fn container_value(c: Container<'_>, depth: usize) -> Res<Value> {
-    if depth > MAX_DEPTH {
+    if depth >= MAX_DEPTH {
         return Err(ReadError::TooDeep);
     }
     if c.is_object() {
@@ -213,44 +215,49 @@ fn container_value(c: Container<'_>, depth: usize) -> Res<Value> {
 }
 
 fn payload(c: &Container<'_>, depth: usize) -> Res<Payload> {
-    let mut p = Payload::new();
+    let mut kv = Vec::new();
     for (k, v) in entries(c)? {
-        p.insert(k.to_owned(), v.value(depth)?);
+        kv.push((k.to_owned(), v.value(depth)?));
     }
-    Ok(p)
+    Ok(Payload::from_entries(kv))
 }
 
-fn envelope(c: &Container<'_>) -> Res<Envelope> {
-    let mut e = Envelope {
-        fields: Payload::new(),
-        payload: None,
-    };
+/// An envelope object at `depth` (1 when it is the root, 2 in an array).
+fn envelope(c: &Container<'_>, depth: usize) -> Res<Envelope> {
+    let mut fields = Vec::new();
+    let mut body = None;
     for (k, v) in entries(c)? {
         if k == "payload" {
-            e.payload = Some(match v.container()? {
-                Some(p) if p.is_object() => Node::Object(payload(&p, 3)?),
-                _ => Node::Other(v.value(2)?),
+            body = Some(match v.container()? {
+                Some(p) if p.is_object() => Node::Object(payload(&p, depth + 1)?),
+                _ => Node::Other(v.value(depth)?),
             });
         } else {
-            e.fields.insert(k.to_owned(), v.value(2)?);
+            fields.push((k.to_owned(), v.value(depth)?));
         }
     }
-    Ok(e)
+    Ok(Envelope {
+        fields: Payload::from_entries(fields),
+        payload: body,
+    })
 }
 
 /// The batch in `root`, the data of a jsonb varlena (after its length word).
 pub fn read_batch(root: &[u8]) -> Res<Batch> {
     let c = Container::new(root)?;
     if c.is_object() {
-        return envelope(&c).map(Batch::One);
+        return envelope(&c, 1).map(Batch::One);
     }
     if c.is_scalar() {
         return container_value(c, 1).map(Batch::Other);
     }
-    let mut items = Vec::with_capacity(c.count());
-    for e in c.elems()? {
+    // Sized from the JEntries actually present, not from the header's count, which only
+    // `elems` checks against the input's length.
+    let elems = c.elems()?;
+    let mut items = Vec::with_capacity(elems.len());
+    for e in elems {
         items.push(match e.container()? {
-            Some(obj) if obj.is_object() => Node::Object(envelope(&obj)?),
+            Some(obj) if obj.is_object() => Node::Object(envelope(&obj, 2)?),
             _ => Node::Other(e.value(1)?),
         });
     }
@@ -382,4 +389,45 @@ pub fn numeric_text(b: &[u8]) -> Res<String> {
         out.truncate(end);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` arrays nested in one another, the innermost empty.
+    fn nested(n: usize) -> Vec<u8> {
+        let mut b = JB_FARRAY.to_ne_bytes().to_vec();
+        for _ in 1..n {
+            let mut outer = (JB_FARRAY | 1).to_ne_bytes().to_vec();
+            outer.extend((JENTRY_ISCONTAINER | JENTRY_HAS_OFF | b.len() as u32).to_ne_bytes());
+            outer.extend(b);
+            b = outer;
+        }
+        b
+    }
+
+    #[test]
+    fn nesting_is_limited_as_serde_json_limits_it() {
+        let text = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(serde_json::from_str::<Value>(&text(127)).is_ok());
+        assert!(serde_json::from_str::<Value>(&text(128)).is_err());
+        assert!(read_batch(&nested(127)).is_ok());
+        assert_eq!(read_batch(&nested(128)).err(), Some(ReadError::TooDeep));
+        assert_eq!(read_batch(&nested(5000)).err(), Some(ReadError::TooDeep));
+    }
+
+    #[test]
+    fn a_huge_element_count_is_refused_before_any_allocation() {
+        // A corrupt header claiming 2^28-1 elements used to size a Vec before the JEntries
+        // were checked against the input (gigabytes for a 16-byte input).
+        for header in [JB_FARRAY | JB_CMASK, JB_FOBJECT | JB_CMASK] {
+            let mut b = header.to_ne_bytes().to_vec();
+            b.extend([0u8; 12]);
+            assert_eq!(read_batch(&b).err(), Some(ReadError::Corrupt));
+        }
+        let mut b = (JB_FOBJECT | JB_CMASK).to_ne_bytes().to_vec();
+        b.extend([0u8; 12]);
+        assert_eq!(read_payload(&b).err(), Some(ReadError::Corrupt));
+    }
 }

@@ -912,6 +912,24 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "{e}");
     }
 
+    /// Regression: envelopes and payloads of very many keys are read in linear time (then
+    /// refused for their first unknown key).
+    #[test]
+    fn many_keys_are_read_in_linear_time() {
+        let keys: Vec<String> = (0..100_000).map(|i| format!("\"k{i}\":1")).collect();
+        let keys = keys.join(",");
+        let start = std::time::Instant::now();
+        let e = parse_batch_text(
+            &format!(r#"[{{"event_type":"llm.called","payload":{{{keys}}}}}]"#),
+            0.0,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "run_id");
+        let e = parse_batch_text(&format!("[{{{keys}}}]"), 0.0).unwrap_err();
+        assert_eq!(e.field, "k0");
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+    }
+
     #[test]
     fn digests_must_be_lowercase_hex_16_to_64() {
         assert!(is_digest(""));
