@@ -6,7 +6,7 @@
 #   bash bench/run.sh            # full run (about 20 minutes), writes BENCHMARKS.md
 #   bash bench/run.sh --quick    # smoke run (under a minute once built), writes
 #                                #   /var/tmp/dunetrace-bench/BENCHMARKS.quick.md
-#   bash bench/run.sh --only ingest,process   # a subset (also: latency, memory, scaling)
+#   bash bench/run.sh --only ingest,process   # a subset (also: latency, memory, scaling, storm)
 #
 # Options: --quick, --only LIST, --out FILE, --keep (leave the cluster running),
 # --skip-install (use the extension already installed), --batches LIST and --clients LIST
@@ -33,6 +33,8 @@ fi
 
 PKGLIB="$("$PG_CONFIG" --pkglibdir)"
 SHARE="$("$PG_CONFIG" --sharedir)/extension"
+# The install script of the version this tree builds.
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
 
 # The extension's files are shared by every cluster of this PostgreSQL installation, and other
 # builds (tests, demos) may install over them at any time. The bench therefore installs the
@@ -48,7 +50,7 @@ install_and_start() {
             # The default target dir (a CARGO_TARGET_DIR meant for other builds is ignored).
             env -u CARGO_TARGET_DIR cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
         fi
-        cp "$SHARE/dunetrace--0.1.0.sql" "$DIR.sql"
+        cp "$SHARE/dunetrace--$VERSION.sql" "$DIR.sql"
         cp "$PKGLIB/dunetrace.so" "$DIR.so"
         start_cluster "$DIR" "$PORT" \
             "shared_buffers = '2GB'" \
@@ -66,7 +68,7 @@ install_and_start() {
         local pm inode
         pm="$(head -1 "$DIR/data/postmaster.pid")"
         inode="$(awk '/\/dunetrace\.so/ {print $5; exit}' "/proc/$pm/maps")"
-        if cmp -s "$SHARE/dunetrace--0.1.0.sql" "$DIR.sql" && cmp -s "$PKGLIB/dunetrace.so" "$DIR.so" \
+        if cmp -s "$SHARE/dunetrace--$VERSION.sql" "$DIR.sql" && cmp -s "$PKGLIB/dunetrace.so" "$DIR.so" \
             && [ "$inode" = "$(stat -c %i "$PKGLIB/dunetrace.so")" ]; then
             return 0
         fi

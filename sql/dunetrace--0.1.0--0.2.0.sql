@@ -13,6 +13,99 @@ ALTER TABLE dunetrace.processed_runs
     ADD CONSTRAINT processed_runs_trigger_check
         CHECK (trigger IN ('run.completed', 'run.errored', 'stalled', 'orphaned'));
 
+-- Alerts that hold up under a storm: per-destination delivery policy and state, snoozed
+-- issues, grouped alerts with follow-ups, claims that name their process.
+ALTER TABLE dunetrace.issues ADD COLUMN snoozed_until timestamptz;
+ALTER TABLE dunetrace.destinations
+    ADD COLUMN params jsonb NOT NULL DEFAULT '{}',
+    ADD COLUMN rate_limited_until timestamptz,
+    ADD COLUMN last_success_at timestamptz,
+    ADD COLUMN last_error_at timestamptz,
+    ADD COLUMN last_error text;
+ALTER TABLE dunetrace.deliveries
+    DROP CONSTRAINT deliveries_kind_check,
+    ADD CONSTRAINT deliveries_kind_check CHECK (kind IN ('signal', 'digest', 'followup')),
+    ADD COLUMN claimed_by integer;
+CREATE INDEX deliveries_failed_idx ON dunetrace.deliveries (created_at) WHERE status = 'failed';
+CREATE TABLE dunetrace.alert_groups (
+    destination_id  integer     NOT NULL REFERENCES dunetrace.destinations (id) ON DELETE CASCADE,
+    agent_id        text        NOT NULL,
+    failure_type    text        NOT NULL,
+    last_sent_at    timestamptz NOT NULL DEFAULT now(),
+    folded_runs     integer     NOT NULL DEFAULT 0,
+    folded_since    timestamptz,
+    last_signal_id  bigint,
+    PRIMARY KEY (destination_id, agent_id, failure_type)
+);
+REVOKE ALL ON dunetrace.alert_groups FROM PUBLIC;
+
+-- New functions (as the Rust sources declare them).
+CREATE FUNCTION dunetrace."configure_destination"(
+	"id" INT,
+	"params" jsonb
+) RETURNS jsonb
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'configure_destination_wrapper';
+
+CREATE FUNCTION dunetrace."snooze_issue"(
+	"id" bigint,
+	"duration" interval
+) RETURNS bool
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'snooze_issue_wrapper';
+
+-- For operators: the worker's backlog in one row (see docs/operations.md, "Monitoring").
+CREATE VIEW dunetrace.worker_status AS
+SELECT (SELECT count(*) FROM dunetrace.runs r
+        WHERE r.processed_trigger IS NULL
+           OR (r.processed_trigger = 'stalled' AND r.terminal_event IS NOT NULL)) AS runs_pending,
+       (SELECT count(*) FROM dunetrace.runs r
+        WHERE (r.processed_trigger IS NULL
+               OR (r.processed_trigger = 'stalled' AND r.terminal_event IS NOT NULL))
+          AND r.terminal_event IS NOT NULL) AS runs_finished_waiting,
+       (SELECT now() - min(r.last_received_at) FROM dunetrace.runs r
+        WHERE (r.processed_trigger IS NULL
+               OR (r.processed_trigger = 'stalled' AND r.terminal_event IS NOT NULL))
+          AND r.terminal_event IS NOT NULL) AS oldest_finished_waiting,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.status IN ('pending', 'sending') AND d.next_attempt_at <= now()) AS deliveries_due,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.status IN ('pending', 'sending')) AS deliveries_queued,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.status = 'failed' AND d.created_at > now() - interval '24 hours') AS deliveries_failed_24h,
+       (SELECT count(*) FROM dunetrace.processed_runs p
+        WHERE p.error IS NOT NULL AND p.processed_at > now() - interval '24 hours') AS runs_errored_24h,
+       (SELECT a.pid FROM pg_catalog.pg_stat_activity a
+        WHERE a.application_name = 'dunetrace worker' AND a.datname = pg_catalog.current_database()
+        LIMIT 1) AS worker_pid;
+
+-- Each destination's delivery state, without its URL or secret.
+CREATE VIEW dunetrace.destination_status AS
+SELECT t.id,
+       t.kind,
+       t.active,
+       t.min_severity,
+       t.params,
+       t.last_success_at,
+       t.last_error_at,
+       t.last_error,
+       t.rate_limited_until,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.destination_id = t.id AND d.status IN ('pending', 'sending')) AS queued,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.destination_id = t.id AND d.status = 'sending'
+          AND d.next_attempt_at > now()) AS in_flight,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.destination_id = t.id AND d.status = 'failed'
+          AND d.created_at > now() - interval '24 hours') AS failed_24h
+FROM dunetrace.destinations t;
+
+GRANT SELECT ON dunetrace.worker_status, dunetrace.destination_status TO dunetrace_reader;
+
 -- A role with exactly what the background worker needs, so it can run without superuser
 -- (dunetrace.worker_role).
 DO $roles$
@@ -27,6 +120,9 @@ $roles$;
 GRANT USAGE ON SCHEMA dunetrace TO dunetrace_worker;
 GRANT SELECT ON dunetrace.events, dunetrace.detector_settings, dunetrace.destinations
     TO dunetrace_worker;
+GRANT UPDATE (rate_limited_until, last_success_at, last_error_at, last_error)
+    ON dunetrace.destinations TO dunetrace_worker;
+GRANT SELECT, INSERT, UPDATE ON dunetrace.alert_groups TO dunetrace_worker;
 GRANT SELECT, UPDATE ON dunetrace.runs TO dunetrace_worker;
 GRANT SELECT, INSERT, UPDATE ON dunetrace.processed_runs, dunetrace.failure_signals,
                                 dunetrace.issues, dunetrace.deliveries
@@ -54,6 +150,7 @@ SELECT pg_catalog.pg_extension_config_dump('dunetrace.deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.delivery_attempts', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.langfuse_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.deploy_events', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.alert_groups', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.runs_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.processed_runs_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.api_keys_id_seq', '');

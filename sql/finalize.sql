@@ -101,6 +101,52 @@ LEFT JOIN LATERAL (
     ) x
 ) t ON true;
 
+-- For operators: the worker's backlog in one row (see docs/operations.md, "Monitoring").
+CREATE VIEW dunetrace.worker_status AS
+SELECT (SELECT count(*) FROM dunetrace.runs r
+        WHERE r.processed_trigger IS NULL
+           OR (r.processed_trigger = 'stalled' AND r.terminal_event IS NOT NULL)) AS runs_pending,
+       (SELECT count(*) FROM dunetrace.runs r
+        WHERE (r.processed_trigger IS NULL
+               OR (r.processed_trigger = 'stalled' AND r.terminal_event IS NOT NULL))
+          AND r.terminal_event IS NOT NULL) AS runs_finished_waiting,
+       (SELECT now() - min(r.last_received_at) FROM dunetrace.runs r
+        WHERE (r.processed_trigger IS NULL
+               OR (r.processed_trigger = 'stalled' AND r.terminal_event IS NOT NULL))
+          AND r.terminal_event IS NOT NULL) AS oldest_finished_waiting,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.status IN ('pending', 'sending') AND d.next_attempt_at <= now()) AS deliveries_due,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.status IN ('pending', 'sending')) AS deliveries_queued,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.status = 'failed' AND d.created_at > now() - interval '24 hours') AS deliveries_failed_24h,
+       (SELECT count(*) FROM dunetrace.processed_runs p
+        WHERE p.error IS NOT NULL AND p.processed_at > now() - interval '24 hours') AS runs_errored_24h,
+       (SELECT a.pid FROM pg_catalog.pg_stat_activity a
+        WHERE a.application_name = 'dunetrace worker' AND a.datname = pg_catalog.current_database()
+        LIMIT 1) AS worker_pid;
+
+-- Each destination's delivery state, without its URL or secret.
+CREATE VIEW dunetrace.destination_status AS
+SELECT t.id,
+       t.kind,
+       t.active,
+       t.min_severity,
+       t.params,
+       t.last_success_at,
+       t.last_error_at,
+       t.last_error,
+       t.rate_limited_until,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.destination_id = t.id AND d.status IN ('pending', 'sending')) AS queued,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.destination_id = t.id AND d.status = 'sending'
+          AND d.next_attempt_at > now()) AS in_flight,
+       (SELECT count(*) FROM dunetrace.deliveries d
+        WHERE d.destination_id = t.id AND d.status = 'failed'
+          AND d.created_at > now() - interval '24 hours') AS failed_24h
+FROM dunetrace.destinations t;
+
 -- Privileges: nothing for PUBLIC; the ingest role may only call ingest(); the reader role
 -- reads data and views but never key hashes or alert destinations.
 REVOKE ALL ON ALL TABLES IN SCHEMA dunetrace FROM PUBLIC;
@@ -115,7 +161,8 @@ GRANT EXECUTE ON FUNCTION dunetrace.ingest(text, jsonb),
 GRANT EXECUTE ON FUNCTION dunetrace.explain(bigint),
                          dunetrace.signal_title(text, jsonb)
     TO dunetrace_reader;
-GRANT SELECT ON dunetrace.run_overview, dunetrace.signal_overview, dunetrace.agent_overview
+GRANT SELECT ON dunetrace.run_overview, dunetrace.signal_overview, dunetrace.agent_overview,
+                dunetrace.worker_status, dunetrace.destination_status
     TO dunetrace_reader;
 GRANT SELECT ON dunetrace.events, dunetrace.runs, dunetrace.failure_signals,
                 dunetrace.processed_runs, dunetrace.issues, dunetrace.fixes,
@@ -129,6 +176,9 @@ GRANT SELECT (id, key_prefix, agent_id, customer_id, active, created_at, revoked
 GRANT USAGE ON SCHEMA dunetrace TO dunetrace_worker;
 GRANT SELECT ON dunetrace.events, dunetrace.detector_settings, dunetrace.destinations
     TO dunetrace_worker;
+GRANT UPDATE (rate_limited_until, last_success_at, last_error_at, last_error)
+    ON dunetrace.destinations TO dunetrace_worker;
+GRANT SELECT, INSERT, UPDATE ON dunetrace.alert_groups TO dunetrace_worker;
 GRANT SELECT, UPDATE ON dunetrace.runs TO dunetrace_worker;
 GRANT SELECT, INSERT, UPDATE ON dunetrace.processed_runs, dunetrace.failure_signals,
                                 dunetrace.issues, dunetrace.deliveries
@@ -156,6 +206,7 @@ SELECT pg_catalog.pg_extension_config_dump('dunetrace.deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.delivery_attempts', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.langfuse_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.deploy_events', '');
+SELECT pg_catalog.pg_extension_config_dump('dunetrace.alert_groups', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.runs_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.processed_runs_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dunetrace.api_keys_id_seq', '');

@@ -140,7 +140,9 @@ CREATE TABLE dunetrace.issues (
     resolved_at       timestamptz,
     affected_runs     integer     NOT NULL DEFAULT 1,
     clean_runs_since  integer     NOT NULL DEFAULT 0,
-    UNIQUE (agent_id, failure_type)
+    UNIQUE (agent_id, failure_type),
+    -- dunetrace.snooze_issue(): no alerts until then.
+    snoozed_until     timestamptz
 );
 
 CREATE TABLE dunetrace.digest_log (
@@ -182,7 +184,15 @@ CREATE TABLE dunetrace.destinations (
     secret        text,
     min_severity  text        NOT NULL CHECK (min_severity IN ('LOW', 'MEDIUM', 'HIGH', 'CRITICAL')),
     active        boolean     NOT NULL DEFAULT true,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    -- Overrides of the kind's delivery policy (dunetrace.configure_destination): rate_limit,
+    -- concurrency, group_by_issue, repeat_interval.
+    params              jsonb       NOT NULL DEFAULT '{}',
+    -- State kept by the worker: a 429 holds the destination back until rate_limited_until.
+    rate_limited_until  timestamptz,
+    last_success_at     timestamptz,
+    last_error_at       timestamptz,
+    last_error          text
 );
 
 -- The durable delivery outbox: one row per (alert, destination), written in the transaction
@@ -191,7 +201,7 @@ CREATE TABLE dunetrace.deliveries (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     destination_id   integer     NOT NULL REFERENCES dunetrace.destinations (id) ON DELETE CASCADE,
     signal_id        bigint,
-    kind             text        NOT NULL DEFAULT 'signal' CHECK (kind IN ('signal', 'digest')),
+    kind             text        NOT NULL DEFAULT 'signal' CHECK (kind IN ('signal', 'digest', 'followup')),
     -- The digest_log row a digest delivery belongs to.
     digest_id        bigint      REFERENCES dunetrace.digest_log (id) ON DELETE SET NULL,
     webhook_id       text        NOT NULL,
@@ -203,7 +213,9 @@ CREATE TABLE dunetrace.deliveries (
     last_http_status integer,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    delivered_at     timestamptz
+    delivered_at     timestamptz,
+    -- The backend that claimed it (the worker releases claims of processes that are gone).
+    claimed_by       integer
 )
 -- Bodies of a few KB (2-4 KB is typical) stay in the row uncompressed: compressing each one
 -- when it is queued (pglz) costs more time than the space it saves is worth.
@@ -212,6 +224,21 @@ CREATE INDEX deliveries_due_idx ON dunetrace.deliveries (next_attempt_at)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX deliveries_signal_idx ON dunetrace.deliveries (signal_id);
 CREATE INDEX deliveries_digest_idx ON dunetrace.deliveries (digest_id) WHERE digest_id IS NOT NULL;
+CREATE INDEX deliveries_failed_idx ON dunetrace.deliveries (created_at) WHERE status = 'failed';
+
+-- Alert grouping for destinations that group by issue (Slack by default): one row per
+-- (destination, agent, failure type): when its last message was queued, and the runs folded
+-- into the next follow-up since.
+CREATE TABLE dunetrace.alert_groups (
+    destination_id  integer     NOT NULL REFERENCES dunetrace.destinations (id) ON DELETE CASCADE,
+    agent_id        text        NOT NULL,
+    failure_type    text        NOT NULL,
+    last_sent_at    timestamptz NOT NULL DEFAULT now(),
+    folded_runs     integer     NOT NULL DEFAULT 0,
+    folded_since    timestamptz,
+    last_signal_id  bigint,
+    PRIMARY KEY (destination_id, agent_id, failure_type)
+);
 
 -- The outcome of every attempt of every delivery.
 CREATE TABLE dunetrace.delivery_attempts (

@@ -14,11 +14,13 @@ use serde_json::Value;
 #[search_path(pg_catalog, pg_temp)]
 fn record_deploy(
     api_key: Option<&str>,
-    agent_id: &str,
-    version: &str,
+    agent_id: Option<&str>,
+    version: Option<&str>,
     meta: default!(Option<pgrx::JsonB>, "'{}'"),
 ) -> i64 {
     let key_agent = authenticate(api_key);
+    let agent_id = crate::errors::required("record_deploy", "agent_id", agent_id);
+    let version = crate::errors::required("record_deploy", "version", version);
     let meta = meta.map(|m| m.0).unwrap_or(Value::Null);
     let meta = if meta.is_null() {
         serde_json::json!({})

@@ -34,3 +34,14 @@ pub fn bad_key(message: impl Into<String>) -> ! {
         message,
     )
 }
+
+/// The value of an argument SQL may pass as NULL (the function is not STRICT because other
+/// arguments are optional); NULL raises 22004 null_value_not_allowed, naming the argument.
+pub fn required<T>(function: &str, argument: &str, value: Option<T>) -> T {
+    value.unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{function}: {argument} must not be null"),
+        )
+    })
+}

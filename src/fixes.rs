@@ -49,12 +49,15 @@ fn insert_fix(
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn record_fix(
-    signal_id: i64,
-    fix_content: &str,
-    applied_via: &str,
+    signal_id: Option<i64>,
+    fix_content: Option<&str>,
+    applied_via: Option<&str>,
     prompt_name: default!(Option<&str>, "NULL"),
     prompt_version: default!(Option<i32>, "NULL"),
 ) -> i64 {
+    let signal_id = crate::errors::required("record_fix", "signal_id", signal_id);
+    let fix_content = crate::errors::required("record_fix", "fix_content", fix_content);
+    let applied_via = crate::errors::required("record_fix", "applied_via", applied_via);
     if fix_content.trim().is_empty() {
         invalid("record_fix: fix_content must not be empty");
     }

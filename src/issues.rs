@@ -7,15 +7,38 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use std::collections::BTreeMap;
 
+/// What a batch's runs did to their issues, as the alerts need it.
+#[derive(Default)]
+pub struct Effects {
+    /// (agent, failure type) pairs whose issue is ignored or snoozed: their signals send no
+    /// alerts.
+    pub muted: Vec<(String, String)>,
+    /// Pairs whose issue opened or reopened in this batch (grouped destinations get a message).
+    pub opened: Vec<(String, String)>,
+}
+
+impl Effects {
+    pub fn is_muted(&self, agent: &str, failure_type: &str) -> bool {
+        self.muted
+            .iter()
+            .any(|(a, t)| a == agent && t == failure_type)
+    }
+
+    pub fn opened(&self, agent: &str, failure_type: &str) -> bool {
+        self.opened
+            .iter()
+            .any(|(a, t)| a == agent && t == failure_type)
+    }
+}
+
 /// Applies processed runs, in processing order, to their agents' issues. `runs`: (agent_id,
-/// live failure types signalled for the run). Returns the (agent, type) pairs whose issue is
-/// ignored (their signals send no alerts).
+/// live failure types signalled for the run).
 pub fn update(
     client: &mut SpiClient<'_>,
     runs: &[(String, Vec<String>)],
-) -> Result<Vec<(String, String)>, SpiError> {
+) -> Result<Effects, SpiError> {
     if runs.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Effects::default());
     }
     let mut agents: BTreeMap<String, Vec<Issue>> = BTreeMap::new();
     for (a, _) in runs {
@@ -30,14 +53,19 @@ pub fn update(
         &[names.clone().into()],
     )?;
     let rows = client.select(
-        "SELECT agent_id, failure_type, status, affected_runs, clean_runs_since \
+        "SELECT agent_id, failure_type, status, affected_runs, clean_runs_since, \
+                COALESCE(snoozed_until > now(), false) \
          FROM dunetrace.issues WHERE agent_id = ANY($1)",
         None,
         &[names.into()],
     )?;
+    let mut effects = Effects::default();
     for row in rows {
         let agent: String = row.get(1)?.unwrap_or_default();
         let t: String = row.get(2)?.unwrap_or_default();
+        if row.get::<bool>(6)?.unwrap_or(false) {
+            effects.muted.push((agent.clone(), t.clone()));
+        }
         let status =
             Status::parse(&row.get::<String>(3)?.unwrap_or_default()).unwrap_or(Status::Open);
         if let Some(list) = agents.get_mut(&agent) {
@@ -65,11 +93,13 @@ pub fn update(
         vec![],
         vec![],
     );
-    let mut muted = Vec::new();
     for (agent, list) in &agents {
         for i in list {
             if i.status == Status::Ignored {
-                muted.push((agent.clone(), i.failure_type.clone()));
+                effects.muted.push((agent.clone(), i.failure_type.clone()));
+            }
+            if i.is_new || i.reopened_now {
+                effects.opened.push((agent.clone(), i.failure_type.clone()));
             }
             if !i.dirty {
                 continue;
@@ -131,7 +161,7 @@ pub fn update(
             ],
         )?;
     }
-    Ok(muted)
+    Ok(effects)
 }
 
 fn set_status(id: i64, sql: &str) -> bool {
@@ -164,8 +194,23 @@ fn reopen_issue(id: i64) -> bool {
                                              WHEN 'ignored' THEN 'open' ELSE status END, \
                         clean_runs_since = CASE WHEN status IN ('resolved', 'ignored') THEN 0 \
                                                 ELSE clean_runs_since END, \
-                        resolved_at = NULL \
+                        resolved_at = NULL, snoozed_until = NULL \
                     WHERE id = $1 RETURNING 1) \
          SELECT EXISTS (SELECT 1 FROM u)",
     )
+}
+
+/// Snoozes an issue: its (agent, failure type) sends no alerts until `now() + duration`
+/// (`reopen_issue` ends it early). False when there is no such issue.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn snooze_issue(id: i64, duration: pgrx::datum::Interval) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "WITH u AS (UPDATE dunetrace.issues SET snoozed_until = now() + $2 \
+                    WHERE id = $1 AND $2 > interval '0' RETURNING 1) \
+         SELECT CASE WHEN $2 <= interval '0' THEN NULL ELSE EXISTS (SELECT 1 FROM u) END",
+        &[id.into(), duration.into()],
+    )
+    .unwrap_or_else(|e| invalid(format!("snooze_issue: {e}")))
+    .unwrap_or_else(|| invalid("snooze_issue: the duration must be positive"))
 }

@@ -56,7 +56,6 @@ pub mod oid {
     pub const FLOAT8_ARRAY: PgOid = PgOid::BuiltIn(B::FLOAT8ARRAYOID);
     pub const JSONB: PgOid = PgOid::BuiltIn(B::JSONBOID);
     pub const UUID: PgOid = PgOid::BuiltIn(B::UUIDOID);
-    pub const BOOL: PgOid = PgOid::BuiltIn(B::BOOLOID);
     pub const BOOL_ARRAY: PgOid = PgOid::BuiltIn(B::BOOLARRAYOID);
 }
 

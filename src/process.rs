@@ -32,18 +32,12 @@ thread_local! {
                     OR (processed_trigger = 'stalled' AND terminal_event IS NOT NULL)) \
                AND (terminal_event IS NOT NULL \
                     OR (has_started AND last_received_at <= now() - make_interval(secs => $2)) \
-                    OR ($3 AND NOT has_started \
-                        AND last_received_at <= now() - make_interval(secs => $4))) \
+                    OR (NOT has_started \
+                        AND last_received_at <= now() - make_interval(secs => $3))) \
              ORDER BY last_seq, last_pos \
              LIMIT $1 \
              FOR UPDATE SKIP LOCKED",
-            &[oid::INT4, oid::FLOAT8, oid::BOOL, oid::FLOAT8],
-        )
-    };
-    static SCHEMA_VERSION: Kept = const {
-        Kept::new(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'dunetrace'",
-            &[],
+            &[oid::INT4, oid::FLOAT8, oid::FLOAT8],
         )
     };
     // No ORDER BY: sorting every event of the batch (payloads included) in the executor costs
@@ -167,6 +161,7 @@ fn process_runs(max_runs: default!(i32, 1000)) -> i32 {
     if max_runs < 0 {
         invalid("max_runs must not be negative");
     }
+    crate::schema::require("process_runs");
     process_batch(max_runs, settings::STALL_TIMEOUT.get()).unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -377,11 +372,6 @@ fn claim(
     max_runs: i32,
     stall_timeout_secs: i32,
 ) -> Result<Vec<Claimed>, SpiError> {
-    // Orphaned runs are recorded only once the schema knows the trigger (0.2.0 on): the library
-    // may run against a 0.1.0 schema until ALTER EXTENSION dunetrace UPDATE.
-    let version_stmt = SCHEMA_VERSION.with(|k| k.get(client))?;
-    let version: Option<String> = client.select(version_stmt, Some(1), &[])?.first().get(1)?;
-    let orphans = version.as_deref().is_some_and(|v| v != "0.1.0");
     let stmt = CLAIM.with(|k| k.get(client))?;
     let rows = client.update(
         stmt,
@@ -389,7 +379,6 @@ fn claim(
         &[
             max_runs.into(),
             f64::from(stall_timeout_secs).into(),
-            orphans.into(),
             f64::from(settings::ORPHAN_TIMEOUT.get()).into(),
         ],
     )?;
@@ -675,9 +664,9 @@ impl Writes {
         )?;
         let stmt = MARK_PROCESSED.with(|k| k.get(client))?;
         client.update(stmt, None, &[self.p_run.into(), self.p_trigger.into()])?;
-        let muted = issues::update(client, &self.issue_runs)?;
+        let effects = issues::update(client, &self.issue_runs)?;
         if stored.iter().any(|s| !s.shadow) {
-            alerts::enqueue(client, &stored, &muted)?;
+            alerts::enqueue(client, &stored, &effects)?;
             wake::wake_worker_on_commit();
         }
         Ok(())

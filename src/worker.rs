@@ -6,14 +6,12 @@
 //! a step is logged and the step's transaction rolled back; the loop goes on. SIGTERM stops it;
 //! SIGHUP reloads settings; the postmaster restarts it after a crash.
 
-use crate::{digest, dispatch, process, settings, subxact, wake};
+use crate::lanes::Lanes;
+use crate::{alerts, digest, dispatch, process, schema, settings, subxact, wake};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::time::Duration;
-
-/// Most deliveries claimed (and sent concurrently) per round trip.
-const DISPATCH_CHUNK: i32 = 16;
 
 pub fn register() {
     BackgroundWorkerBuilder::new("dunetrace worker")
@@ -28,7 +26,7 @@ pub fn register() {
 /// Runs `f` in its own transaction and commits it when `f` returns `Ok`. On an `Err`, a
 /// Postgres error or a panic it logs the error and rolls the whole transaction back (nothing is
 /// committed half-done; the step is tried again in a later round) and returns `None`.
-fn in_txn<R, E, F>(what: &str, f: F) -> Option<R>
+pub(crate) fn in_txn<R, E, F>(what: &str, f: F) -> Option<R>
 where
     E: std::fmt::Display,
     F: FnOnce() -> Result<R, E> + UnwindSafe + RefUnwindSafe,
@@ -151,11 +149,14 @@ pub extern "C-unwind" fn dunetrace_worker_main(_arg: pg_sys::Datum) {
                 "role \"{r}\""
             ))
     );
+    let mut lanes = Lanes::new();
     let mut wait = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(wait)) {
         reload_if_asked();
-        wait = round();
-        release_free_memory();
+        wait = round(&mut lanes);
+        if lanes.in_flight() == 0 {
+            release_free_memory();
+        }
     }
     wake::withdraw_worker_latch();
     pgrx::log!("dunetrace worker stopping");
@@ -181,22 +182,44 @@ fn release_free_memory() {
     }
 }
 
+thread_local! {
+    /// Not ready yet (or just started): set until the first round that finds the extension at
+    /// the library's version; the reason it waits is logged once.
+    static WAITING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+    static LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// One round of work; returns how long to sleep unless woken.
-fn round() -> Duration {
+fn round(lanes: &mut Lanes) -> Duration {
     let naptime = Duration::from_secs(settings::WORKER_NAPTIME.get().max(1) as u64);
-    let installed = in_txn("checking for the extension", || {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'dunetrace')",
-        )
-        .map(|v| v.unwrap_or(false))
-    })
-    .unwrap_or(false);
-    if !installed {
-        return naptime;
+    // Nothing to do until the extension exists here at the library's version (after a new
+    // library is installed, until ALTER EXTENSION dunetrace UPDATE): said once, then waited.
+    let ready = in_txn("checking the extension", || {
+        Ok::<_, std::convert::Infallible>(schema::check())
+    });
+    match ready {
+        Some(Ok(())) => {
+            // Once ready: what an earlier run of the worker had claimed and not sent goes out
+            // now rather than after the claims' visibility deadlines.
+            if WAITING.with(|w| w.replace(false)) {
+                in_txn("releasing claims", dispatch::release_orphaned_claims);
+            }
+        }
+        Some(Err(why)) => {
+            if !LOGGED.with(|l| l.replace(true)) {
+                pgrx::log!("dunetrace worker: waiting: {why}");
+            }
+            WAITING.with(|w| w.set(true));
+            return naptime;
+        }
+        None => return naptime,
     }
     loop {
         check_for_interrupts();
         reload_if_asked();
+        // Deliveries move on between batches, in the lanes' own threads: detection never
+        // waits for HTTP.
+        lanes.pump();
         let batch = settings::BATCH_SIZE.get();
         let stall = settings::STALL_TIMEOUT.get();
         // A failed batch is rolled back whole and tried again next round; a run that cannot
@@ -204,7 +227,6 @@ fn round() -> Duration {
         let Some(done) = in_txn("processing runs", || process::process_batch(batch, stall)) else {
             break;
         };
-        dispatch_due();
         if done < batch {
             break;
         }
@@ -213,54 +235,28 @@ fn round() -> Duration {
         in_txn("sending the weekly digest", || {
             Ok::<_, std::convert::Infallible>(digest::send(false))
         });
-        dispatch_due();
     }
-    let next_retry = in_txn("scheduling retries", || {
+    in_txn("queueing follow-ups", alerts::queue_followups);
+    lanes.pump();
+    // The next due delivery of a destination that is not held back (429).
+    let next_due = in_txn("scheduling retries", || {
         Spi::get_one::<f64>(
-            "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())::float8 \
-             FROM dunetrace.deliveries WHERE status IN ('pending', 'sending')",
+            "SELECT extract(epoch FROM min(GREATEST(d.next_attempt_at, \
+                                                    COALESCE(t.rate_limited_until, '-infinity'))) \
+                                  - clock_timestamp())::float8 \
+             FROM dunetrace.deliveries d \
+             JOIN dunetrace.destinations t ON t.id = d.destination_id AND t.active \
+             WHERE d.status IN ('pending', 'sending')",
         )
     })
     .flatten();
-    match next_retry {
+    let mut wait = match next_due {
         Some(s) if s <= 0.0 => Duration::from_millis(10),
         Some(s) => naptime.min(Duration::from_secs_f64(s)),
         None => naptime,
+    };
+    if let Some(w) = lanes.next_wake() {
+        wait = wait.min(w);
     }
-}
-
-/// Claims, sends (concurrently, outside any transaction) and records due deliveries until
-/// none are due.
-fn dispatch_due() {
-    loop {
-        check_for_interrupts();
-        let Some(claimed) = in_txn("claiming deliveries", || dispatch::claim(DISPATCH_CHUNK))
-        else {
-            return;
-        };
-        if claimed.is_empty() {
-            return;
-        }
-        let timeout = settings::http_timeout();
-        let outcomes: Vec<dispatch::Outcome> = std::thread::scope(|s| {
-            let handles: Vec<_> = claimed
-                .iter()
-                .map(|c| s.spawn(move || dispatch::send(c, timeout)))
-                .collect();
-            handles
-                .into_iter()
-                .zip(&claimed)
-                .map(|(h, c)| {
-                    h.join()
-                        .unwrap_or_else(|_| dispatch::Outcome::failed(c, "sender panicked"))
-                })
-                .collect()
-        });
-        // Unrecorded outcomes leave the rows claimed: they are sent again once the claim's
-        // visibility deadline passes (at least once, same webhook-id).
-        in_txn("recording deliveries", || dispatch::record(&outcomes));
-        if (claimed.len() as i32) < DISPATCH_CHUNK {
-            return;
-        }
-    }
+    wait
 }

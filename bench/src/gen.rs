@@ -140,16 +140,6 @@ pub enum Pattern {
 impl Pattern {
     /// 60 % healthy, 5 % each failure pattern.
     pub fn draw(rng: &mut Rng) -> Pattern {
-        const FAILING: [Pattern; 8] = [
-            Pattern::ToolLoop,
-            Pattern::Thrashing,
-            Pattern::RetryStorm,
-            Pattern::ContextBloat,
-            Pattern::Truncation,
-            Pattern::EmptyRetrieval,
-            Pattern::Injection,
-            Pattern::EmptyLlm,
-        ];
         let x = rng.range(0, 99);
         if x < 60 {
             Pattern::Healthy
@@ -157,7 +147,23 @@ impl Pattern {
             FAILING[((x - 60) / 5) as usize]
         }
     }
+
+    /// One of the failure patterns, evenly.
+    pub fn draw_failing(rng: &mut Rng) -> Pattern {
+        FAILING[rng.range(0, FAILING.len() as u64 - 1) as usize]
+    }
 }
+
+const FAILING: [Pattern; 8] = [
+    Pattern::ToolLoop,
+    Pattern::Thrashing,
+    Pattern::RetryStorm,
+    Pattern::ContextBloat,
+    Pattern::Truncation,
+    Pattern::EmptyRetrieval,
+    Pattern::Injection,
+    Pattern::EmptyLlm,
+];
 
 /// One generated run: its id and its events in order.
 pub struct Run {

@@ -3,7 +3,7 @@
 //! extension, starts a cluster and runs this binary; see BENCHMARKS.md for the figures.
 //!
 //! Usage: `dunetrace-bench [--quick] [--host H] [--port P] [--out FILE] [--only a,b,...]
-//! [--batches 1,10,100,500] [--clients 1,2]` where the measurements are `ingest`, `process`,
+//! [--batches 1,10,100,500] [--clients 1,2]` where the measurements are `ingest`, `process`, `storm`,
 //! `latency`, `memory`, `scaling`; `--batches` and `--clients` narrow measurement 1.
 
 mod db;
@@ -15,6 +15,7 @@ mod process;
 mod receiver;
 mod report;
 mod scaling;
+mod storm;
 
 use db::Ctx;
 use std::time::Instant;
@@ -121,6 +122,10 @@ fn main() {
         r.by_length = Some(scaling::by_run_length(&ctx));
         eprintln!("5. scaling with table size");
         r.by_size = Some(scaling::by_table_size(&ctx));
+    }
+    if wants("storm") {
+        eprintln!("6. alert storm");
+        r.storm = Some(storm::measure(&ctx));
     }
     r.seconds = started.elapsed().as_secs_f64();
     let md = report::render(&r);

@@ -1,5 +1,7 @@
-//! A minimal webhook receiver on `std::net::TcpListener`: one thread per connection, answers
-//! 200 at once, and records when each alert (keyed by the body's `run_id`) arrived.
+//! A minimal webhook receiver on `std::net::TcpListener`: one thread per connection (kept
+//! alive while the client wants), answers 200 at once — or, in the storm's second mode, 503 to
+//! each delivery's first attempt — and records when each alert (keyed by the body's `run_id`)
+//! arrived.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +16,12 @@ struct Shared {
     first: Mutex<HashMap<String, Instant>>,
     changed: Condvar,
     requests: AtomicU64,
+    /// Answered 2xx.
+    accepted: AtomicU64,
     stop: AtomicBool,
+    /// Refuse the first attempt of every delivery (by `webhook-id`).
+    refuse_first: bool,
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct Receiver {
@@ -25,9 +32,17 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::start_with(false)
+    }
+
+    /// `refuse_first`: answer 503 to each delivery's first attempt.
+    pub fn start_with(refuse_first: bool) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
         let addr = listener.local_addr().expect("local address");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            refuse_first,
+            ..Shared::default()
+        });
         let sh = Arc::clone(&shared);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -49,6 +64,20 @@ impl Receiver {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered 2xx so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Arrival times of the first request of each run_id seen so far.
+    pub fn arrivals(&self) -> HashMap<String, Instant> {
+        self.shared
+            .first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until an alert for `run_id` arrived; returns its arrival time.
@@ -82,41 +111,72 @@ impl Drop for Receiver {
 
 fn serve(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    let mut len = 0usize;
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
+        let mut len = 0usize;
+        let mut close = false;
+        let mut webhook_id = String::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim(), v.trim());
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") {
+                    close = v.eq_ignore_ascii_case("close");
+                } else if k.eq_ignore_ascii_case("webhook-id") {
+                    webhook_id = v.to_string();
+                }
             }
         }
+        let mut body = vec![0u8; len.min(16 << 20)];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let at = Instant::now();
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        let refuse = shared.refuse_first
+            && shared
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(webhook_id);
+        if !refuse {
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
+            if let Some(run_id) = run_id_of(&body) {
+                let mut g = shared.first.lock().unwrap_or_else(|e| e.into_inner());
+                g.entry(run_id).or_insert(at);
+                shared.changed.notify_all();
+            }
+        }
+        let status = if refuse {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
+        let conn = if close { "close" } else { "keep-alive" };
+        let mut w = &stream;
+        let _ = write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: {conn}\r\n\r\n"
+        );
+        let _ = w.flush();
+        if close {
+            return;
+        }
     }
-    let mut body = vec![0u8; len.min(16 << 20)];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let at = Instant::now();
-    shared.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(run_id) = run_id_of(&body) {
-        let mut g = shared.first.lock().unwrap_or_else(|e| e.into_inner());
-        g.entry(run_id).or_insert(at);
-        shared.changed.notify_all();
-    }
-    let mut w = &stream;
-    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    let _ = w.flush();
 }
 
 fn run_id_of(body: &[u8]) -> Option<String> {

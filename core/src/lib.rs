@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod batch;
+pub mod delivery;
 pub mod detect;
 pub mod envelope;
 pub mod event;

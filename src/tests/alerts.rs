@@ -145,6 +145,113 @@ mod tests {
     }
 
     #[pg_test]
+    fn grouped_destinations_get_the_first_signal_of_an_issue_and_fold_the_rest() {
+        let k = key();
+        let slack = one::<i32>(
+            "SELECT dunetrace.add_destination('slack', 'http://127.0.0.1:9/slack', NULL, 'LOW')",
+        )
+        .unwrap();
+        let hook =
+            one::<i32>("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook')")
+                .unwrap();
+        for i in 0..4 {
+            run(&k, &format!("g{i}"), "bot", true);
+        }
+        // Slack groups by issue: one message, three runs folded; the webhook gets every one.
+        let by = |d: i32| {
+            count(&format!(
+                "SELECT count(*) FROM dunetrace.deliveries WHERE destination_id = {d}"
+            ))
+        };
+        assert_eq!(by(slack), 1);
+        assert_eq!(by(hook), 4);
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT folded_runs FROM dunetrace.alert_groups WHERE destination_id = {slack}"
+            )),
+            Some(3)
+        );
+        // Not before the repeat interval (default one hour) ...
+        assert_eq!(crate::alerts::queue_followups().unwrap(), 0);
+        // ... then one summary of the folded runs.
+        Spi::run(&format!(
+            "SELECT dunetrace.configure_destination({slack}, '{{\"repeat_interval\": 1}}');
+             UPDATE dunetrace.alert_groups SET last_sent_at = now() - interval '2 seconds'"
+        ))
+        .unwrap();
+        assert_eq!(crate::alerts::queue_followups().unwrap(), 1);
+        let body: Value = serde_json::from_str(
+            &one::<String>("SELECT body FROM dunetrace.deliveries WHERE kind = 'followup'")
+                .unwrap(),
+        )
+        .unwrap();
+        let text = body["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("3 more runs of bot hit TOOL_LOOP since"),
+            "{text}"
+        );
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT folded_runs FROM dunetrace.alert_groups WHERE destination_id = {slack}"
+            )),
+            Some(0)
+        );
+        // Webhooks can be grouped too.
+        let got = one::<pgrx::JsonB>(&format!(
+            "SELECT dunetrace.configure_destination({hook}, '{{\"group_by_issue\": true}}')"
+        ))
+        .unwrap();
+        assert_eq!(got.0["group_by_issue"], true);
+        // The first signal after that is a message (the webhook was never told in a group),
+        // the next is folded.
+        run(&k, "g8", "bot", true);
+        assert_eq!(by(hook), 5);
+        run(&k, "g9", "bot", true);
+        assert_eq!(by(hook), 5, "folded into the webhook's follow-up");
+    }
+
+    #[pg_test]
+    fn configure_destination_and_snooze_issue_validate_their_input() {
+        let hook =
+            one::<i32>("SELECT dunetrace.add_destination('webhook', 'http://127.0.0.1:9/hook')")
+                .unwrap();
+        for (params, state) in [
+            (r#"{"retries": 3}"#, "22023"),
+            (r#"{"rate_limit": -1}"#, "22023"),
+            (r#"{"concurrency": 1000}"#, "22023"),
+            ("[1]", "22023"),
+        ] {
+            let got = support::try_sql(
+                &format!("SELECT dunetrace.configure_destination({hook}, '{params}')"),
+                None,
+            );
+            assert!(got.starts_with(state), "{params}: {got}");
+        }
+        let got = support::try_sql("SELECT dunetrace.configure_destination(999999, '{}')", None);
+        assert!(
+            got.starts_with("22023") && got.contains("no destination"),
+            "{got}"
+        );
+        let p = one::<pgrx::JsonB>(&format!(
+            "SELECT dunetrace.configure_destination({hook}, '{{\"rate_limit\": 5, \"concurrency\": 2}}')"
+        ))
+        .unwrap();
+        assert_eq!(p.0["rate_limit"], 5.0);
+        let p = one::<pgrx::JsonB>(&format!(
+            "SELECT dunetrace.configure_destination({hook}, '{{\"rate_limit\": null}}')"
+        ))
+        .unwrap();
+        assert_eq!(p.0["rate_limit"], 0.0, "null restores the default");
+        assert_eq!(p.0["concurrency"], 2);
+        let got = support::try_sql("SELECT dunetrace.snooze_issue(1, interval '0')", None);
+        assert!(got.starts_with("22023"), "{got}");
+        assert_eq!(
+            one::<bool>("SELECT dunetrace.snooze_issue(424242, interval '1 hour')"),
+            Some(false)
+        );
+    }
+
+    #[pg_test]
     fn signals_without_a_destination_are_consumed_and_shadow_ones_never_queue() {
         let k = key();
         run(&k, "l1", "bot", true);

@@ -79,6 +79,8 @@ pub enum Reply {
     Hang(Duration),
     /// A redirect (`status`, e.g. 302 or 307) to `location`.
     Redirect(u16, String),
+    /// A status with extra headers (e.g. 429 with `Retry-After`).
+    WithHeaders(u16, Vec<(String, String)>),
 }
 
 impl Reply {
@@ -372,13 +374,16 @@ fn respond(stream: &mut TcpStream, shared: &Shared, reply: &Reply) {
             respond(stream, shared, inner);
         }
         Reply::Hang(d) => shared.pause(*d),
-        Reply::Status(s) | Reply::Json(s, _) | Reply::Redirect(s, _) => {
+        Reply::Status(s) | Reply::Json(s, _) | Reply::Redirect(s, _) | Reply::WithHeaders(s, _) => {
             let (ctype, body) = match reply {
                 Reply::Json(_, v) => ("application/json", v.to_string()),
                 _ => ("text/plain", reason(*s).to_string()),
             };
             let location = match reply {
                 Reply::Redirect(_, to) => format!("Location: {to}\r\n"),
+                Reply::WithHeaders(_, hs) => {
+                    hs.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect()
+                }
                 _ => String::new(),
             };
             let head = format!(

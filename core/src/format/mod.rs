@@ -5,6 +5,7 @@
 //! JSON rendering, and small Block Kit builders. Everything here is pure.
 
 pub mod digest;
+pub mod followup;
 pub mod slack;
 pub mod webhook;
 
