@@ -280,6 +280,24 @@ pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
         delays.push(delay);
     }
     Spi::connect_mut(|client| {
+        // Each destination's state, from its last outcome in this batch. Destinations before
+        // deliveries, the order remove_destination() locks them in.
+        client.update(
+            "UPDATE dunetrace.destinations t \
+             SET last_success_at = CASE WHEN u.ok THEN clock_timestamp() ELSE t.last_success_at END, \
+                 last_error_at = CASE WHEN u.ok THEN t.last_error_at ELSE clock_timestamp() END, \
+                 last_error = CASE WHEN u.ok THEN t.last_error ELSE u.err END, \
+                 rate_limited_until = CASE WHEN u.hold IS NOT NULL \
+                     THEN clock_timestamp() + make_interval(secs => u.hold) \
+                     ELSE t.rate_limited_until END \
+             FROM (SELECT DISTINCT ON (d) d, ok, err, hold \
+                   FROM unnest($1::int4[], $2::bool[], $3::text[], $4::float8[]) \
+                        WITH ORDINALITY AS x(d, ok, err, hold, n) \
+                   ORDER BY d, n DESC) u \
+             WHERE t.id = u.d",
+            None,
+            &[t_dest.into(), t_ok.into(), t_err.into(), t_hold.into()],
+        )?;
         client.update(
             "UPDATE dunetrace.deliveries d \
              SET status = u.st, last_http_status = u.code, last_error = u.err, claimed_by = NULL, \
@@ -306,23 +324,6 @@ pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
              ON CONFLICT DO NOTHING",
             None,
             &[ids.into(), attempts.into(), codes.into(), errors.into()],
-        )?;
-        // Each destination's state, from its last outcome in this batch.
-        client.update(
-            "UPDATE dunetrace.destinations t \
-             SET last_success_at = CASE WHEN u.ok THEN clock_timestamp() ELSE t.last_success_at END, \
-                 last_error_at = CASE WHEN u.ok THEN t.last_error_at ELSE clock_timestamp() END, \
-                 last_error = CASE WHEN u.ok THEN t.last_error ELSE u.err END, \
-                 rate_limited_until = CASE WHEN u.hold IS NOT NULL \
-                     THEN clock_timestamp() + make_interval(secs => u.hold) \
-                     ELSE t.rate_limited_until END \
-             FROM (SELECT DISTINCT ON (d) d, ok, err, hold \
-                   FROM unnest($1::int4[], $2::bool[], $3::text[], $4::float8[]) \
-                        WITH ORDINALITY AS x(d, ok, err, hold, n) \
-                   ORDER BY d, n DESC) u \
-             WHERE t.id = u.d",
-            None,
-            &[t_dest.into(), t_ok.into(), t_err.into(), t_hold.into()],
         )?;
         if !alerted.is_empty() {
             client.update(
