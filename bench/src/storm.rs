@@ -33,9 +33,12 @@ pub struct Result {
     pub drained: bool,
 }
 
-/// Runs both passes. `floor` is measurement 3's baseline, reported beside the latencies.
+/// The mode of the capacity pass.
+pub const CAPACITY: &str = "capacity";
+
+/// Runs both storm passes, then the delivery capacity.
 pub fn measure(ctx: &Ctx) -> Vec<Result> {
-    [false, true]
+    let mut out: Vec<Result> = [false, true]
         .into_iter()
         .map(|refuse| {
             let recv = Receiver::start_with(refuse);
@@ -48,7 +51,83 @@ pub fn measure(ctx: &Ctx) -> Vec<Result> {
             set_backoff(&mut c, None);
             r
         })
-        .collect()
+        .collect();
+    out.push(capacity(ctx));
+    out
+}
+
+/// Delivery capacity: a backlog of deliveries queued at once (as a storm leaves behind), sent
+/// by the worker to a receiver that answers at once; deliveries per second from the first to
+/// the last delivered.
+fn capacity(ctx: &Ctx) -> Result {
+    let n: i64 = if ctx.quick { 2_000 } else { 20_000 };
+    let recv = Receiver::start_with(false);
+    let key = latency::setup(ctx, &recv);
+    let mut c = ctx.connect(DB);
+    c.execute(
+        "INSERT INTO dunetrace.deliveries (destination_id, kind, webhook_id, body) \
+         SELECT (SELECT id FROM dunetrace.destinations WHERE active ORDER BY id LIMIT 1), \
+                'signal', 'msg_capacity_' || i, json_build_object('run_id', 'capacity-' || i)::text \
+         FROM generate_series(1, $1::int8) i",
+        &[&n],
+    )
+    .expect("queue the backlog");
+    // A finished run's commit wakes the worker.
+    let agents = gen::agents();
+    let mut rng = Rng::new(5);
+    let run = gen::run(&mut rng, &agents[0], Pattern::Healthy, 6, 1_764_000_000.0);
+    let body = serde_json::to_string(&run.events).expect("json");
+    c.execute(INGEST_SQL, &[&key, &body])
+        .expect("wake the worker");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    let mut drained = false;
+    while Instant::now() < deadline {
+        if recv.accepted() >= n as u64 {
+            drained = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let drain_secs = started.elapsed().as_secs_f64();
+    // Recorded a moment after they arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (delivered, span) = loop {
+        let row = c
+            .query_one(
+                "SELECT count(*), extract(epoch FROM max(delivered_at) - min(delivered_at))::float8 \
+                 FROM dunetrace.deliveries WHERE status = 'delivered' \
+                   AND webhook_id LIKE 'msg\\_capacity\\_%'",
+                &[],
+            )
+            .expect("deliveries");
+        let delivered: i64 = row.get(0);
+        if delivered >= n || Instant::now() >= deadline {
+            break (delivered, row.get::<_, Option<f64>>(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let r = Result {
+        mode: CAPACITY.into(),
+        clients: 0,
+        seconds: drain_secs,
+        runs: 0,
+        failing_share: f64::NAN,
+        lag_p50_ms: f64::NAN,
+        lag_p99_ms: f64::NAN,
+        deliveries: delivered as u64,
+        deliveries_per_sec: delivered as f64 / span.unwrap_or(0.0).max(1e-3),
+        alert_p50_ms: f64::NAN,
+        alert_p99_ms: f64::NAN,
+        drain_secs,
+        drained,
+    };
+    eprintln!(
+        "  delivery capacity: {} deliveries queued at once, all received in {:.1} s, {:.0}/s \
+         from the first to the last recorded",
+        n, r.drain_secs, r.deliveries_per_sec
+    );
+    r
 }
 
 fn set_backoff(c: &mut postgres::Client, ms: Option<u32>) {
