@@ -728,6 +728,21 @@ pub fn wait_new_worker(c: &mut Client, old: Option<i32>, timeout: Duration) -> i
     })
 }
 
+/// Waits until backend `pid` has exited (a fresh `pg_stat_activity` snapshot each time).
+pub fn wait_exited(c: &mut Client, pid: i32, timeout: Duration) {
+    wait_until(timeout, "the process to exit", || {
+        let alive: bool = c
+            .query_one(
+                "SELECT pg_stat_clear_snapshot() IS NULL AND EXISTS \
+                 (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                &[&pid],
+            )
+            .expect("look for the process")
+            .get(0);
+        (!alive).then_some(())
+    });
+}
+
 /// After the cluster was made to restart (a backend killed, or pg_ctl): connects again and
 /// waits until a worker other than `old` runs. Connections made in the moment before the
 /// postmaster notices a crash are dropped with everything else, so any error reconnects.

@@ -253,17 +253,7 @@ fn sigterm_stops_the_worker_within_two_seconds_during_a_large_backlog() {
     let sent = Instant::now();
     c.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .expect("SIGTERM the worker");
-    wait_until(Duration::from_secs(10), "the worker to exit", || {
-        let alive: bool = c
-            .query_one(
-                "SELECT pg_stat_clear_snapshot() IS NULL AND EXISTS \
-                 (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
-                &[&pid],
-            )
-            .expect("look for the worker")
-            .get(0);
-        (!alive).then_some(())
-    });
+    wait_exited(&mut c, pid, Duration::from_secs(10));
     let took = sent.elapsed();
     let done = processed(&mut c);
     println!("worker {pid} exited {took:?} after SIGTERM with {done} of 50000 runs processed");

@@ -218,17 +218,7 @@ fn a_restart_mid_storm_loses_and_duplicates_nothing() {
     let sent = Instant::now();
     c.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .expect("SIGTERM");
-    wait_until(Duration::from_secs(10), "the worker to exit", || {
-        let alive: bool = c
-            .query_one(
-                "SELECT pg_stat_clear_snapshot() IS NULL AND EXISTS \
-                 (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
-                &[&pid],
-            )
-            .expect("look for the worker")
-            .get(0);
-        (!alive).then_some(())
-    });
+    wait_exited(&mut c, pid, Duration::from_secs(10));
     let stopped_in = sent.elapsed();
     wait_new_worker(&mut c, Some(pid), Duration::from_secs(20));
     // Every run's alert arrives, each under one webhook-id.
