@@ -712,9 +712,19 @@ pub fn render(r: &Report) -> String {
 fn storm_section(s: &mut String, st: &[storm::Result], l: Option<&latency::Result>) {
     let _ = writeln!(
         s,
-        "## 6. Alert storm
-
-         A bad deploy: several clients ingest realistic runs (about 20 events, 60 % failing in          one of eight patterns) as fast as about 100 runs per second each for the period below,          with the worker running and one signed webhook destination (one delivery per live          signal, 8 requests in flight on kept connections) to a local receiver: once answering          every request at once, once refusing each delivery's first attempt with 503 (retried          after `dunetrace.http_retry_backoff` = 200 ms). Processing lag is a run's last batch          committed → the run processed (server clock), over the runs processed while the load          ran; alert latency is the last batch committed → the alert accepted by the receiver;          drain is the load's end → no finished run waiting and no delivery queued. Baseline:          the alert-latency floor of measurement 3{}.\n\n         | receiver | clients × s | runs (failing) | lag p50 / p99 | deliveries | deliveries/s | alert p50 / p99 | drained after |\n         |---|---|---|---|---|---|---|---|",
+        "## 6. Alert storm\n\n\
+         A bad deploy: several clients ingest realistic runs (about 20 events, 60 % failing in \
+         one of eight patterns) at about 110–130 runs per second each for the period below, \
+         with the worker running and one signed webhook destination (one delivery per live \
+         signal, 8 requests in flight on kept connections) to a local receiver: once answering \
+         every request at once, once refusing each delivery's first attempt with 503 (retried \
+         after `dunetrace.http_retry_backoff` = 200 ms). Processing lag is a run's last batch \
+         committed → the run processed (server clock), over the runs processed while the load \
+         ran; alert latency is the last batch committed → the alert accepted by the receiver; \
+         drain is the load's end → no finished run waiting and no delivery queued. Baseline: \
+         the alert-latency floor of measurement 3{}.\n\n\
+         | receiver | clients × s | runs (failing) | lag p50 / p99 | deliveries | deliveries/s | alert p50 / p99 | drained after |\n\
+         |---|---|---|---|---|---|---|---|",
         l.map(|l| format!(
             " (NOTIFY → listener → POST: p50 {:.2} ms, p99 {:.2} ms)",
             l.floor_p50_ms, l.floor_p99_ms

@@ -181,8 +181,8 @@ fn pass(ctx: &Ctx, recv: &Receiver, key: &str, refuse: bool) -> Result {
                         .push((run.run_id, Instant::now()));
                     sent.fetch_add(1, Ordering::SeqCst);
                     n += 1;
-                    // About 100 runs per second per client.
-                    std::thread::sleep(Duration::from_millis(rng.range(5, 15)));
+                    // About 110-130 runs per second per client: over 400 runs/s from four.
+                    std::thread::sleep(Duration::from_millis(rng.range(3, 9)));
                 }
             })
         })
