@@ -250,12 +250,15 @@ fn round(lanes: &mut Lanes) -> Duration {
         )
     })
     .flatten();
+    // Due now but not claimed: the lanes are full (back in a few ms) or out of rate-limit
+    // tokens (back at the next token), so sleep until then rather than spin.
+    let lanes_wake = lanes.next_wake();
     let mut wait = match next_due {
-        Some(s) if s <= 0.0 => Duration::from_millis(10),
+        Some(s) if s <= 0.0 => lanes_wake.unwrap_or(Duration::from_millis(10)),
         Some(s) => naptime.min(Duration::from_secs_f64(s)),
         None => naptime,
     };
-    if let Some(w) = lanes.next_wake() {
+    if let Some(w) = lanes_wake {
         wait = wait.min(w);
     }
     wait
