@@ -1,8 +1,8 @@
 //! Per-run baseline metrics and the P75 math over an agent's recent runs.
 //!
 //! Each processed run stores its [`RunMetrics`] (as jsonb); the next run of the same agent
-//! and version gets its [`Baselines`] from the newest completed rows (upstream-behaviour.md
-//! §2.4). Contract §3.3: the tool and LLM latency baselines are the P75 of step durations
+//! and version gets its [`Baselines`] from the newest completed rows (the original's
+//! seven baselines). A deliberate difference: the tool and LLM latency baselines are the P75 of step durations
 //! (steps whose first event is `tool.called` / `llm.called`), not the original's
 //! gap-to-the-next-call-of-the-same-type.
 

@@ -65,7 +65,7 @@ impl Explanation {
     }
 }
 
-/// How a fix for this failure type may be applied (upstream §8): `no_auto_apply` for prompt
+/// How a fix for this failure type may be applied (the original's rule): `no_auto_apply` for prompt
 /// injection, `code_change` for failures that need code or infrastructure work, and
 /// `prompt_addition` for everything else.
 pub fn fix_type(failure_type: &str) -> &'static str {

@@ -1,4 +1,4 @@
-//! The issue lifecycle (upstream-behaviour §5, contract §3.11): one issue per (agent, failure
+//! The issue lifecycle (README, "Issues"): one issue per (agent, failure
 //! type) of live signals; open → resolved after 5 clean runs → reopened on recurrence; an
 //! ignored issue keeps counting but never changes status on its own and sends no alerts.
 

@@ -2,7 +2,7 @@
 //!
 //! The client runs [`scan`] over the raw user input before hashing it. Only the labels of the
 //! patterns that matched, their count and the input's length leave the process, as the
-//! `injection_signal` object of `run.started` (upstream-behaviour §3.1 row 5). The server never
+//! `injection_signal` object of `run.started` (the original's PROMPT_INJECTION_SIGNAL rule). The server never
 //! sees the input and never scans anything: it turns that object into a
 //! PROMPT_INJECTION_SIGNAL.
 //!

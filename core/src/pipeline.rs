@@ -24,7 +24,7 @@ pub struct Evaluation {
 ///
 /// `recent`: metrics of the agent-version's most recent processed runs, newest first, this run
 /// excluded. `already_signalled`: failure types stored for this run by an earlier evaluation
-/// (a stalled run that completed later); only new types are returned (contract §3.7).
+/// (a stalled run that completed later); only new types are returned (README "What it detects").
 pub fn evaluate(
     events: Vec<Event>,
     recent: &[RunMetrics],

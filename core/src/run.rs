@@ -1,6 +1,6 @@
 //! Run reconstruction: from a run's stored events to the `RunState` every detector reads.
 //!
-//! Semantics follow upstream-behaviour.md §2 with the contract's §3.3 and §3.12 fixes
+//! Semantics follow the original's run model with two deliberate differences
 //! (first-write-wins step durations; external signals collected and kept out of durations).
 
 use crate::event::{Event, EventType, Payload};
@@ -62,7 +62,7 @@ pub struct ExternalSignal {
     pub timestamp: f64,
 }
 
-/// The seven per-agent P75 baselines (upstream-behaviour.md §2.4). `None` = use the static
+/// The seven per-agent P75 baselines (the original's seven baselines). `None` = use the static
 /// threshold (fewer than 20 qualifying prior runs).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Baselines {
@@ -114,7 +114,7 @@ impl RunState {
     }
 
     /// Each step mapped to the type of its first event in load order, ignoring
-    /// `external.signal` (contract §3.3), in first-appearance order.
+    /// `external.signal` (a deliberate difference from the original), in first-appearance order.
     pub fn step_first_types(&self) -> Vec<(i32, EventType)> {
         let mut seen = HashSet::new();
         let mut out: Vec<(i32, EventType)> = Vec::new();
@@ -162,7 +162,7 @@ fn gap_ms(from: f64, to: f64) -> i64 {
 /// Builds the run state from a run's events (any order; they are sorted here).
 ///
 /// Events are sorted stably by `(step_index, timestamp)`, so ties keep the input (ingest)
-/// order. See upstream-behaviour.md §2.3 and the contract's §3.3/§3.12 for the rules.
+/// order. The rules are in README, "What it detects".
 pub fn build_run(mut events: Vec<Event>) -> RunState {
     events.sort_by(|a, b| {
         a.step_index
@@ -277,8 +277,8 @@ pub fn build_run(mut events: Vec<Event>) -> RunState {
 
     run.current_step = events.iter().map(|e| e.step_index).max().unwrap_or(0);
 
-    // Step durations: external signals never end a step (contract §3.12); first write wins
-    // per step (contract §3.3); negative gaps are skipped.
+    // Step durations: external signals never end a step (deliberate difference); first write wins
+    // per step (deliberate difference); negative gaps are skipped.
     let timed: Vec<&Event> = events
         .iter()
         .filter(|e| e.event_type != EventType::ExternalSignal)

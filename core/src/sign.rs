@@ -1,6 +1,6 @@
 //! Webhook signatures.
 //!
-//! Two schemes are sent side by side (contract §3.8):
+//! Two schemes are sent side by side (README, "Verifying signatures"):
 //!
 //! * `X-Dunetrace-Signature`: lowercase hex HMAC-SHA256 of the exact body bytes, keyed with the
 //!   destination secret's UTF-8 bytes (the original's header, kept for existing receivers).
@@ -56,7 +56,7 @@ pub fn verify_dunetrace_signature(key: &[u8], body: &[u8], signature: &str) -> b
     m.verify_slice(&given).is_ok()
 }
 
-/// The HMAC key of both signatures (contract §3.8): the base64 (standard alphabet) decoding of
+/// The HMAC key of both signatures (README, "Verifying signatures"): the base64 (standard alphabet) decoding of
 /// what follows `whsec_` (the Standard Webhooks convention), or the secret's UTF-8 bytes when
 /// there is no such prefix. A `whsec_` secret whose
 /// rest is not valid base64, or decodes to nothing, is an error.

@@ -1,4 +1,4 @@
-//! The privacy rules: what an event may contain (contract §3.1).
+//! The privacy rules: what an event may contain (README, "The privacy model").
 //!
 //! Ingest accepts structure only: SHA-256 digests, counts, timings and short names. Every
 //! payload key must be known for its event type, every hashed field must be `""` or lowercase

@@ -1,7 +1,7 @@
 //! Detectors that read LLM calls and token counts: LLM_TRUNCATION_LOOP, CONTEXT_BLOAT,
 //! EMPTY_LLM_RESPONSE, REASONING_STALL, COST_SPIKE.
 //!
-//! Rules follow upstream-behaviour.md §3.1 (rows 7, 8, 11, 15, 16) with the contract's
+//! Rules follow the original's V4 detectors, with our
 //! `observed / max(threshold, 1)` ratio for COST_SPIKE. Evidence keys are inserted in the
 //! documented order; integers stay JSON integers and rounded ratios stay JSON floats.
 

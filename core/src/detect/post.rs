@@ -54,7 +54,7 @@ fn is_tight_loop(run: &RunState) -> bool {
     top as f64 / total as f64 >= LOOP_MIN_SHARE
 }
 
-/// The RiskEngine hard override (upstream-behaviour.md §3.2 step 2).
+/// The RiskEngine hard override (the original's post-processing, step 2).
 ///
 /// (a) A tight loop (see [`is_tight_loop`]) makes every signal CRITICAL at 0.98; otherwise
 /// (b) ≥ 5 trailing tool calls with `success == Some(false)` make every signal HIGH at 0.95.
@@ -76,7 +76,7 @@ pub fn hard_override(run: &RunState, signals: &mut [Signal]) {
     }
 }
 
-/// The co-occurrence boost and `co_signal_count` (upstream-behaviour.md §3.2 step 3).
+/// The co-occurrence boost and `co_signal_count` (the original's post-processing, step 3).
 ///
 /// With n ≥ 2 signals each confidence becomes `round(min(1, conf × m), 4)`, m = 1.15 (n = 2),
 /// 1.30 (n = 3), 1.40 (n ≥ 4), and `co_signal_count` = n; otherwise nothing changes and

@@ -81,7 +81,7 @@ fn truthy(v: &Value) -> bool {
 
 /// SLOW_STEP: the step with the largest duration/threshold ratio among those slower than
 /// their threshold (strict). Each step takes the type of its first event (external signals
-/// ignored, contract §3.3).
+/// ignored: a deliberate difference from the original).
 pub fn slow_step(run: &RunState, p: &SlowStepParams) -> Option<Signal> {
     if run.step_durations_ms.is_empty() || run.events.is_empty() {
         return None;

@@ -1,7 +1,7 @@
 //! Detectors that read the tool-call sequence: TOOL_LOOP, TOOL_THRASHING, TOOL_AVOIDANCE,
 //! RETRY_STORM, CASCADING_TOOL_FAILURE.
 //!
-//! Rules follow upstream-behaviour.md §3.1 (V4) with contract.md §3.4 (TOOL_THRASHING's
+//! Rules follow the original's V4 detectors with one deliberate difference (TOOL_THRASHING's
 //! `tool_a` is the tool that appears first in the window).
 
 use super::config::*;

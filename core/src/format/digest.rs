@@ -1,4 +1,4 @@
-//! The weekly digest Slack payload (upstream §7), with real rates (contract §3.5).
+//! The weekly digest Slack payload (the original's content), with real rates.
 
 use super::slack::SYSTEMIC_RATE;
 use super::{

@@ -1,4 +1,4 @@
-//! The Slack Incoming Webhook payload for one failure signal (upstream §6.1): a single
+//! The Slack Incoming Webhook payload for one failure signal (the original's layout): a single
 //! attachment coloured by severity, holding Block Kit blocks.
 
 use super::{
@@ -19,7 +19,7 @@ pub const MAX_FIX_CODE_CHARS: usize = 800;
 pub const DEFAULT_MIN_SEVERITY: &str = "HIGH";
 
 /// How often this (agent, failure type) occurred in the last 7 days: runs with the signal out of
-/// all processed runs of the agent (a real rate, contract §3.5).
+/// all processed runs of the agent (a real rate, README "What it detects").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateContext {
     pub affected_runs: i64,

@@ -1,4 +1,4 @@
-//! The generic webhook (upstream §6.2, contract §3.8): a compact JSON body written exactly as
+//! The generic webhook (the original's body, plus Standard Webhooks headers): a compact JSON body written exactly as
 //! the original's `json.dumps(..., separators=(",", ":"))`, and its headers, signed with both
 //! `X-Dunetrace-Signature` and Standard Webhooks.
 
