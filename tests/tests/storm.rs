@@ -60,13 +60,53 @@ fn a_429_with_retry_after_holds_the_destination_back_until_then() {
     reset_destinations(&mut c);
 }
 
+/// Sets `dunetrace.http_timeout` (and reloads) for one test; puts the cluster's value back
+/// however the test ends.
+struct HttpTimeout {
+    before: String,
+}
+
+impl HttpTimeout {
+    fn set(c: &mut Client, ms: u32) -> HttpTimeout {
+        let before: String = c
+            .query_one("SHOW dunetrace.http_timeout", &[])
+            .expect("show")
+            .get(0);
+        c.batch_execute(&format!("ALTER SYSTEM SET dunetrace.http_timeout = {ms}"))
+            .expect("set http_timeout");
+        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+        let want = format!("{}s", ms / 1000);
+        wait_until(Duration::from_secs(10), "the reload", || {
+            let v: String = connect()
+                .query_one("SHOW dunetrace.http_timeout", &[])
+                .expect("show")
+                .get(0);
+            (v == want).then_some(())
+        });
+        HttpTimeout { before }
+    }
+}
+
+impl Drop for HttpTimeout {
+    fn drop(&mut self) {
+        let mut c = connect();
+        let _ = c.batch_execute(&format!(
+            "ALTER SYSTEM SET dunetrace.http_timeout = '{}'",
+            self.before
+        ));
+        let _ = c.batch_execute("SELECT pg_reload_conf()");
+    }
+}
+
 #[test]
 #[ignore = "needs a cluster: scripts/test.sh runs it"]
 fn a_dead_destination_does_not_delay_another() {
     let mut c = connect_ready();
     reset_destinations(&mut c);
-    // Holds every connection without answering (longer than dunetrace.http_timeout).
-    let dead = Receiver::start(|_| Reply::Hang(Duration::from_secs(30)));
+    // The dead destination's attempts cannot end (time out) while the test runs.
+    let _timeout = HttpTimeout::set(&mut c, 30_000);
+    // Holds every connection without answering.
+    let dead = Receiver::start(|_| Reply::Hang(Duration::from_secs(60)));
     let alive = Receiver::ok();
     let dead_id = add_destination(&mut c, "webhook", &dead.url("/dead"), None, None);
     let alive_id = add_destination(&mut c, "webhook", &alive.url("/alive"), None, None);
