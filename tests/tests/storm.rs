@@ -183,7 +183,7 @@ fn grouped_slack_sends_one_message_per_issue_then_a_follow_up() {
             "{text}"
         );
         assert!(
-            r.at.duration_since(reqs[seen - 1].at) >= Duration::from_millis(2900),
+            r.at.duration_since(reqs[seen - 1].at) >= Duration::from_millis(2500),
             "a follow-up came before the repeat interval"
         );
         folded += n;
