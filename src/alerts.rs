@@ -88,17 +88,23 @@ fn remove_destination(id: i32) -> bool {
     .unwrap_or(false)
 }
 
-struct Destination {
-    id: i32,
-    kind: String,
-    min_severity: String,
-    policy: Policy,
+/// An active destination as alerting and the worker's lanes need it (never its URL or secret).
+pub(crate) struct Destination {
+    pub id: i32,
+    pub kind: String,
+    pub min_severity: String,
+    /// The kind's defaults with the destination's overrides applied.
+    pub policy: Policy,
+    /// Held back after a 429 until `rate_limited_until`.
+    pub held_back: bool,
 }
 
-fn destinations(client: &SpiClient<'_>) -> Result<Vec<Destination>, SpiError> {
+/// The active destinations, by id.
+pub(crate) fn destinations(client: &SpiClient<'_>) -> Result<Vec<Destination>, SpiError> {
     let rows = client.select(
-        "SELECT id, kind, min_severity, params::text FROM dunetrace.destinations \
-         WHERE active ORDER BY id",
+        "SELECT id, kind, min_severity, params::text, \
+                COALESCE(rate_limited_until > clock_timestamp(), false) \
+         FROM dunetrace.destinations WHERE active ORDER BY id",
         None,
         &[],
     )?;
@@ -112,6 +118,7 @@ fn destinations(client: &SpiClient<'_>) -> Result<Vec<Destination>, SpiError> {
             policy: Policy::effective(&kind, &params),
             kind,
             min_severity: row.get(3)?.unwrap_or_default(),
+            held_back: row.get(5)?.unwrap_or(false),
         });
     }
     Ok(out)
@@ -368,34 +375,37 @@ fn known_groups(
 /// repeat interval has passed since its last message, one summary delivery. Returns how many.
 pub fn queue_followups() -> Result<usize, SpiError> {
     Spi::connect_mut(|client| {
+        let dests: HashMap<i32, Destination> = destinations(client)?
+            .into_iter()
+            .map(|d| (d.id, d))
+            .collect();
         let rows = client.select(
             "SELECT g.destination_id, g.agent_id, g.failure_type, g.folded_runs, \
                     extract(epoch FROM g.folded_since)::float8, g.last_signal_id, \
-                    extract(epoch FROM now() - g.last_sent_at)::float8, t.kind, t.params::text, \
+                    extract(epoch FROM now() - g.last_sent_at)::float8, \
                     (SELECT s.run_id FROM dunetrace.failure_signals s WHERE s.id = g.last_signal_id) \
              FROM dunetrace.alert_groups g \
-             JOIN dunetrace.destinations t ON t.id = g.destination_id AND t.active \
              WHERE g.folded_runs > 0",
             None,
             &[],
         )?;
         let dashboard = settings::dashboard_url();
-        let now = now_epoch();
+        let now = crate::ingest::now_epoch();
         let (mut d_dest, mut d_signal, mut d_id, mut d_body) = (vec![], vec![], vec![], vec![]);
         let mut sent = Vec::new();
         for row in rows {
-            let kind: String = row.get(8)?.unwrap_or_default();
-            let params: String = row.get(9)?.unwrap_or_default();
-            let params: Map<String, Value> = serde_json::from_str(&params).unwrap_or_default();
-            let policy = Policy::effective(&kind, &params);
+            let dest: i32 = row.get(1)?.unwrap_or_default();
+            // Groups of removed destinations stay as they are.
+            let Some(d) = dests.get(&dest) else {
+                continue;
+            };
             let elapsed: f64 = row.get(7)?.unwrap_or_default();
-            if elapsed < policy.repeat_interval_secs as f64 {
+            if elapsed < d.policy.repeat_interval_secs as f64 {
                 continue;
             }
-            let dest: i32 = row.get(1)?.unwrap_or_default();
             let agent: String = row.get(2)?.unwrap_or_default();
             let failure_type: String = row.get(3)?.unwrap_or_default();
-            let run: Option<String> = row.get(10)?;
+            let run: Option<String> = row.get(8)?;
             let f = followup::Folded {
                 agent_id: &agent,
                 failure_type: &failure_type,
@@ -403,7 +413,7 @@ pub fn queue_followups() -> Result<usize, SpiError> {
                 since: row.get(5)?.unwrap_or(now),
                 run_id: run.as_deref(),
             };
-            let body = if kind == "slack" {
+            let body = if d.kind == "slack" {
                 followup::slack(&f, &dashboard).to_string()
             } else {
                 followup::webhook(&f, now)
@@ -436,11 +446,4 @@ pub fn queue_followups() -> Result<usize, SpiError> {
         )?;
         Ok(n)
     })
-}
-
-fn now_epoch() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }

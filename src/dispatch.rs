@@ -248,34 +248,23 @@ pub fn record(outcomes: &[Outcome]) -> Result<(), SpiError> {
         attempts.push(o.attempts);
         codes.push(o.http_status);
         errors.push(o.error.clone());
-        let (status, delay) = match o.verdict(max_attempts, backoff) {
-            Verdict::Delivered => {
-                if let Some(s) = o.signal_id {
-                    alerted.push(s);
-                }
-                ("delivered", 0.0)
-            }
-            Verdict::Retry { after, throttled } => {
-                t_dest.push(o.destination_id);
-                t_ok.push(false);
-                t_err.push(o.error.clone());
-                t_hold.push(throttled.then_some(after.as_secs_f64()));
-                ("pending", after.as_secs_f64())
-            }
-            Verdict::Failed => {
-                t_dest.push(o.destination_id);
-                t_ok.push(false);
-                t_err.push(o.error.clone());
-                t_hold.push(None);
-                ("failed", 0.0)
-            }
+        let (status, delay, hold) = match o.verdict(max_attempts, backoff) {
+            Verdict::Delivered => ("delivered", 0.0, None),
+            Verdict::Retry { after, throttled } => (
+                "pending",
+                after.as_secs_f64(),
+                throttled.then_some(after.as_secs_f64()),
+            ),
+            Verdict::Failed => ("failed", 0.0, None),
         };
-        if status == "delivered" {
-            t_dest.push(o.destination_id);
-            t_ok.push(true);
-            t_err.push(None);
-            t_hold.push(None);
+        let delivered = status == "delivered";
+        if delivered {
+            alerted.extend(o.signal_id);
         }
+        t_dest.push(o.destination_id);
+        t_ok.push(delivered);
+        t_err.push(o.error.clone());
+        t_hold.push(hold);
         statuses.push(status.to_string());
         delays.push(delay);
     }

@@ -123,7 +123,7 @@ fn invalid_json(why: &str) -> ! {
 }
 
 /// Epoch seconds of the server clock.
-fn now_epoch() -> f64 {
+pub(crate) fn now_epoch() -> f64 {
     // SAFETY: plain read of the current time.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
     ts as f64 / 1e6 + 946_684_800.0

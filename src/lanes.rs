@@ -8,13 +8,13 @@
 //! tokens left in its rate limit (another), and hands them to the lane's threads. Nothing
 //! waits for a request to finish.
 
+use crate::alerts::{self, Destination};
 use crate::dispatch::{self, Claimed, Outcome};
 use crate::worker::in_txn;
 use crate::{http, settings};
 use dunetrace_core::delivery::{Bucket, Policy};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
-use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -33,14 +33,6 @@ struct Lane {
     held: usize,
     /// How the lane was built (a changed destination gets a new lane).
     signature: String,
-}
-
-/// One destination's row as the lanes need it.
-struct Destination {
-    id: i32,
-    kind: String,
-    params: Map<String, Value>,
-    held_back: bool,
 }
 
 pub struct Lanes {
@@ -118,7 +110,7 @@ impl Lanes {
 
     /// Claims, per destination, what its lane has room and rate-limit tokens for.
     fn claim_due(&mut self) -> Result<Vec<Claimed>, SpiError> {
-        let dests = load_destinations()?;
+        let dests = Spi::connect(alerts::destinations)?;
         self.refresh(&dests);
         let now = self.now();
         let mut claimed = Vec::new();
@@ -146,7 +138,7 @@ impl Lanes {
         let timeout = settings::http_timeout();
         self.lanes.retain(|id, _| dests.iter().any(|d| d.id == *id));
         for d in dests {
-            let policy = Policy::effective(&d.kind, &d.params);
+            let policy = d.policy.clone();
             let signature = format!("{policy:?}/{timeout:?}");
             if self
                 .lanes
@@ -187,27 +179,4 @@ impl Lanes {
             );
         }
     }
-}
-
-fn load_destinations() -> Result<Vec<Destination>, SpiError> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT id, kind, params::text, \
-                    COALESCE(rate_limited_until > clock_timestamp(), false) \
-             FROM dunetrace.destinations WHERE active ORDER BY id",
-            None,
-            &[],
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let params: String = row.get(3)?.unwrap_or_default();
-            out.push(Destination {
-                id: row.get(1)?.unwrap_or_default(),
-                kind: row.get(2)?.unwrap_or_default(),
-                params: serde_json::from_str(&params).unwrap_or_default(),
-                held_back: row.get(4)?.unwrap_or(false),
-            });
-        }
-        Ok(out)
-    })
 }

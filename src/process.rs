@@ -153,6 +153,24 @@ struct Claimed {
     events: i32,
 }
 
+impl Claimed {
+    /// The outcome of a run that is recorded without loading its events: orphaned, or over
+    /// `max_events` (stored before the cap). `None` for a run to evaluate.
+    fn not_evaluated(&self, max_events: i32) -> Option<Outcome> {
+        if self.trigger == "orphaned" {
+            Some(Outcome::Orphaned)
+        } else if self.events > max_events {
+            Some(Outcome::Errored(format!(
+                "the run holds {} events, more than dunetrace.max_events_per_run ({max_events}); \
+                 it is not evaluated",
+                self.events
+            )))
+        } else {
+            None
+        }
+    }
+}
+
 /// Processes up to `max_runs` finished runs now: completed or errored, or started and silent
 /// for `dunetrace.stall_timeout` seconds. Returns how many runs were processed.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
@@ -292,14 +310,13 @@ fn evaluate_chunk(
     claimed: &[Claimed],
     batch: &mut Batch,
 ) -> Result<Vec<Outcome>, SpiError> {
-    let loadable = |c: &Claimed| c.trigger != "orphaned" && c.events <= batch.max_events;
+    let max_events = batch.max_events;
     let ids: Vec<String> = claimed
         .iter()
-        .filter(|c| loadable(c))
+        .filter(|c| c.not_evaluated(max_events).is_none())
         .map(|c| c.run_id.clone())
         .collect();
     let mut events = load_events(client, &ids)?;
-    let max_events = batch.max_events;
     let Batch {
         again,
         prior,
@@ -309,16 +326,8 @@ fn evaluate_chunk(
     } = batch;
     let mut out = Vec::with_capacity(claimed.len());
     for c in claimed {
-        if c.trigger == "orphaned" {
-            out.push(Outcome::Orphaned);
-            continue;
-        }
-        if c.events > max_events {
-            out.push(Outcome::Errored(format!(
-                "the run holds {} events, more than dunetrace.max_events_per_run ({max_events}); \
-                 it is not evaluated",
-                c.events
-            )));
+        if let Some(o) = c.not_evaluated(max_events) {
+            out.push(o);
             continue;
         }
         let mut evs = events.remove(&c.run_id).unwrap_or_default();
